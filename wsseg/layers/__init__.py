@@ -1,0 +1,3 @@
+"""Tensor-transforming modules: CAM fusion, refiners (PAR, PAMR, VARM), affinity heads, inference fusion."""
+
+__all__: list[str] = []

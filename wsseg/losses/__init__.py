@@ -1,0 +1,3 @@
+"""Losses: balanced segmentation CE, affinity loss, dense energy loss, SCD, ..."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Evaluation: confusion-matrix mIoU, GT-label filtering, evaluation helpers."""
+
+__all__: list[str] = []

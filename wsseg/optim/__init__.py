@@ -1,0 +1,3 @@
+"""Learning-rate schedules (poly with linear warm-up)."""
+
+__all__: list[str] = []
