@@ -1,3 +1,5 @@
 """Learning-rate schedules (poly with linear warm-up)."""
 
-__all__: list[str] = []
+from .poly_warmup import PolyWarmupLR, poly_warmup_multiplier
+
+__all__: list[str] = ["PolyWarmupLR", "poly_warmup_multiplier"]
