@@ -1,6 +1,6 @@
 """wsseg: composable PyTorch components for weakly-supervised semantic segmentation."""
 
-from . import backbones, data, layers, losses, metrics, models, optim, pseudo, utils
+from . import backbones, data, layers, losses, metrics, models, optim, pseudo, training, utils, viz
 from .models import create_model, is_model, list_models, register_model
 
 __version__ = "0.1.0.dev0"
@@ -19,5 +19,7 @@ __all__ = [
     "optim",
     "pseudo",
     "register_model",
+    "training",
     "utils",
+    "viz",
 ]

@@ -1,3 +1,8 @@
 """CAM → pseudo-label tools: thresholds, dual-threshold builders, affinity labels, dense CRF."""
 
-__all__: list[str] = []
+from .affinity_label import AffinityLabel, affinity_label, radius_window
+from .cam_to_label import CAMToLabel, cam_to_label
+from .dense_crf import DenseCRF, dense_crf
+from .dual_threshold import DualThresholdPseudoLabel, dual_threshold_pseudo_label, varm_pseudo_label
+
+__all__: list[str] = ["DenseCRF", "dense_crf", "DualThresholdPseudoLabel", "dual_threshold_pseudo_label", "varm_pseudo_label", "AffinityLabel", "affinity_label", "radius_window", "CAMToLabel", "cam_to_label"]
