@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from benchmarks._memory import peak_rss_increase_mib  # noqa: E402
 from tests.reference.naive_energy import naive_energy  # noqa: E402
 from tests.reference.official_scd import official_scd  # noqa: E402
 from wsseg.losses import dense_energy_loss, self_correspondence_distillation  # noqa: E402
@@ -102,40 +102,23 @@ def _check(kind: str, params: dict) -> None:
             assert torch.allclose(grad, ref_grad, rtol=1e-3, atol=atol), (kind, impl, params)
 
 
-def _rss_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _worker(spec: dict) -> dict:
     kind, impl, params, repeats = spec["kind"], spec["impl"], spec["params"], spec["repeats"]
     inputs, wrt = _build(kind, params)
-    use_hwm = _reset_peak() and _rss_kb("VmRSS") is not None
-    base = _rss_kb("VmRSS") if use_hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        loss = _run(kind, impl, inputs)
-        torch.autograd.grad(loss, wrt)
-        if i > 0:
-            times.append(time.perf_counter() - t0)
-    peak = _rss_kb("VmHWM") if use_hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"ms": 1000 * statistics.median(times), "mb": (peak - base) / 1024, "loss": loss.item()}
+    times: list[float] = []
+    losses: list[float] = []
+
+    def run_all() -> None:
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            loss = _run(kind, impl, inputs)
+            torch.autograd.grad(loss, wrt)
+            if i > 0:
+                times.append(time.perf_counter() - t0)
+            losses.append(loss.item())
+
+    mib = peak_rss_increase_mib(run_all)
+    return {"ms": 1000 * statistics.median(times), "mb": float("nan") if mib is None else mib, "loss": losses[-1]}
 
 
 def _measure(kind: str, impl: str, params: dict, repeats: int) -> dict:

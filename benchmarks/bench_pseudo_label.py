@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ sys.path.insert(0, REPO)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks._memory import peak_rss_increase_mib  # noqa: E402
 from tests.reference.official_pseudo_label import reference_dual_threshold_pseudo_label  # noqa: E402
 from wsseg.pseudo import dual_threshold_pseudo_label  # noqa: E402
 
@@ -69,36 +69,18 @@ METHODS = {
 }
 
 
-def _status_kib(field: str) -> int | None:
-    """``VmRSS`` / ``VmHWM`` of this process in KiB (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def worker(method: str, B: int, crop: int, repeats: int) -> dict:
     fn = METHODS[method]
     refiner = make_refiner()
     cam, labels, image, valid = make_inputs(B, crop)
-    before = _status_kib("VmRSS")
-    if before is not None:  # Linux: peak RSS of this process image (reset at exec, unlike ru_maxrss)
-        fn(cam, labels, image, valid, refiner=refiner)  # warm-up, also the memory measurement
-        peak_kib = _status_kib("VmHWM") - before
-    else:  # fallback: may include the parent's size at fork time
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn(cam, labels, image, valid, refiner=refiner)
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    # warm-up call, also the memory measurement
+    mib = peak_rss_increase_mib(lambda: fn(cam, labels, image, valid, refiner=refiner))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn(cam, labels, image, valid, refiner=refiner)
         times.append(time.perf_counter() - t0)
-    return {"time_s": statistics.median(times), "peak_mib": peak_kib / 1024}
+    return {"time_s": statistics.median(times), "peak_mib": float("nan") if mib is None else mib}
 
 
 def main() -> None:

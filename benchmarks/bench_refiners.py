@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from benchmarks._memory import peak_rss_increase_mib  # noqa: E402
 from tests.reference.official_refiners import official_pamr, official_par, official_varm  # noqa: E402
 from wsseg.layers import pamr, pixel_adaptive_refine, variation_aware_refine  # noqa: E402
 
@@ -94,41 +94,13 @@ def peak_memory_mib(method: str, impl: str, config, threads: int) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _memory_child(spec: str) -> None:
     method, impl, config = json.loads(spec)
     image, probs = make_inputs(*config)
     tiny_image, tiny_probs = make_inputs(1, 2, 8, 16)
     call(method, impl, tiny_image, tiny_probs)  # load kernels / libraries
-    if _reset_peak_rss() and _proc_status_kib("VmHWM") is not None:
-        before = _proc_status_kib("VmRSS")
-        call(method, impl, image, probs)
-        after = _proc_status_kib("VmHWM")
-    else:  # fallback: process-lifetime peak (may include import-time peaks)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        call(method, impl, image, probs)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024.0)  # KiB -> MiB
+    mib = peak_rss_increase_mib(lambda: call(method, impl, image, probs))
+    print(float("nan") if mib is None else mib)
 
 
 def main() -> None:

@@ -284,3 +284,24 @@ def propagate(q: Tensor, kernel: Tensor, dilations: Sequence[int], num_iter: int
                 torch.sum(products, dim=2, out=partial)
                 out.add_(partial)
     return out
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Check a boolean hyperparameter; TypeError naming ``name`` otherwise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
+def refine_with_kernel(image: Tensor, probs: Tensor, dilations: Sequence[int], num_iter: int,
+                       kernel_fn) -> Tensor:
+    """The body shared by PAR, PAMR and VARM: resize ``probs`` to the image, build the kernel once with
+    ``kernel_fn(image_float) -> (B, 1, K, H, W)``-like tensor, iterate ``num_iter`` propagation steps.
+
+    Runs without gradient and autocast, in float32 (float64 if an input is float64); the result is cast
+    back to ``probs.dtype``. Inputs must already be validated with :func:`check_refiner_inputs`.
+    """
+    with torch.no_grad(), no_autocast(image.device):
+        img, q = prepare_inputs(image, probs)
+        out = propagate(q, kernel_fn(img), dilations, num_iter)
+    return out.to(probs.dtype)

@@ -8,15 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from wsseg.layers._neighbors import (
+    check_bool,
     check_dilations,
     check_num_iter,
     check_positive,
     check_refiner_inputs,
     gather_neighbors,
     local_std,
-    no_autocast,
-    prepare_inputs,
-    propagate,
+    refine_with_kernel,
 )
 
 __all__ = ["pamr", "PAMR"]
@@ -109,13 +108,9 @@ def pamr(image: Tensor, probs: Tensor, *, dilations: Sequence[int] = _DEFAULT_DI
     num_iter = check_num_iter(num_iter)
     sigma_scale = check_positive(sigma_scale, "sigma_scale")
     eps = check_positive(eps, "eps", allow_zero=True)
-    if not isinstance(unbiased_std, bool):
-        raise TypeError(f"unbiased_std: expected a bool, got {type(unbiased_std).__name__}")
-    with torch.no_grad(), no_autocast(image.device):
-        img, q = prepare_inputs(image, probs)
-        kernel = _pamr_kernel(img, dilations, sigma_scale, eps, unbiased_std)
-        out = propagate(q, kernel, dilations, num_iter)
-    return out.to(probs.dtype)
+    unbiased_std = check_bool(unbiased_std, "unbiased_std")
+    return refine_with_kernel(image, probs, dilations, num_iter,
+                              lambda img: _pamr_kernel(img, dilations, sigma_scale, eps, unbiased_std))
 
 
 class PAMR(nn.Module):

@@ -14,10 +14,8 @@ from wsseg.layers._neighbors import (
     check_refiner_inputs,
     gather_neighbors,
     local_std,
-    no_autocast,
     positional_distances,
-    prepare_inputs,
-    propagate,
+    refine_with_kernel,
 )
 
 __all__ = ["pixel_adaptive_refine", "PixelAdaptiveRefine"]
@@ -118,11 +116,8 @@ def pixel_adaptive_refine(image: Tensor, probs: Tensor, *, dilations: Sequence[i
     w_app = check_positive(w_app, "w_app")
     w_pos = check_positive(w_pos, "w_pos", allow_zero=True)
     eps = check_positive(eps, "eps", allow_zero=True)
-    with torch.no_grad(), no_autocast(image.device):
-        img, q = prepare_inputs(image, probs)
-        kernel = _par_kernel(img, dilations, w_app, w_pos, eps)
-        out = propagate(q, kernel, dilations, num_iter)
-    return out.to(probs.dtype)
+    return refine_with_kernel(image, probs, dilations, num_iter,
+                              lambda img: _par_kernel(img, dilations, w_app, w_pos, eps))
 
 
 class PixelAdaptiveRefine(nn.Module):

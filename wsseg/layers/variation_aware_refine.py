@@ -8,27 +8,20 @@ import torch
 from torch import Tensor, nn
 
 from wsseg.layers._neighbors import (
+    check_bool,
     check_dilations,
     check_num_iter,
     check_positive,
     check_refiner_inputs,
     gather_padded,
     local_std,
-    no_autocast,
-    prepare_inputs,
-    propagate,
+    refine_with_kernel,
     replicate_pad,
 )
 
 __all__ = ["variation_aware_refine", "VariationAwareRefine"]
 
 _DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
-    return value
 
 
 def _varm_kernel(image: Tensor, dilations: Sequence[int], appearance_scale: float, variation_weight: float,
@@ -159,14 +152,11 @@ def variation_aware_refine(image: Tensor, probs: Tensor, *, dilations: Sequence[
     appearance_scale = check_positive(appearance_scale, "appearance_scale")
     variation_weight = check_positive(variation_weight, "variation_weight", allow_zero=True)
     eps = check_positive(eps, "eps", allow_zero=True)
-    clip_negative = _check_bool(clip_negative, "clip_negative")
-    renormalize = _check_bool(renormalize, "renormalize")
-    with torch.no_grad(), no_autocast(image.device):
-        img, q = prepare_inputs(image, probs)
-        kernel = _varm_kernel(img, dilations, appearance_scale, variation_weight, eps, clip_negative,
-                              renormalize)
-        out = propagate(q, kernel, dilations, num_iter)
-    return out.to(probs.dtype)
+    clip_negative = check_bool(clip_negative, "clip_negative")
+    renormalize = check_bool(renormalize, "renormalize")
+    return refine_with_kernel(image, probs, dilations, num_iter,
+                              lambda img: _varm_kernel(img, dilations, appearance_scale, variation_weight, eps,
+                                                       clip_negative, renormalize))
 
 
 class VariationAwareRefine(nn.Module):
@@ -212,8 +202,8 @@ class VariationAwareRefine(nn.Module):
         self.appearance_scale = check_positive(appearance_scale, "appearance_scale")
         self.variation_weight = check_positive(variation_weight, "variation_weight", allow_zero=True)
         self.eps = check_positive(eps, "eps", allow_zero=True)
-        self.clip_negative = _check_bool(clip_negative, "clip_negative")
-        self.renormalize = _check_bool(renormalize, "renormalize")
+        self.clip_negative = check_bool(clip_negative, "clip_negative")
+        self.renormalize = check_bool(renormalize, "renormalize")
 
     def forward(self, image: Tensor, probs: Tensor) -> Tensor:
         """Refine ``probs (B, C, h, w)`` with ``image (B, 3, H, W)`` in [0, 1]; returns ``(B, C, H, W)``."""
