@@ -204,3 +204,20 @@ def test_call_validation():
         T.RandomCrop(4)({"image": np.zeros((4, 4, 3)), "mask": np.zeros((4, 5))})
     with pytest.raises(TypeError, match="rng"):
         T.RandomCrop(4)({"image": np.zeros((4, 4, 3))}, rng=0)
+
+
+def test_train_transform_long_side_resizes_before_rescale():
+    import numpy as np
+
+    from wsseg.data.transforms import train_transform
+
+    img = np.zeros((480, 640, 3), np.uint8)
+    mask = np.zeros((480, 640), np.uint8)
+    mask[:, 320:] = 1  # right half is class 1
+    t = train_transform(224, scale_range=None, hflip_p=0.0, long_side=224, seed=0)
+    out = t({"image": img, "mask": mask})
+    # 640x480 -> 224x168, then a 224x224 crop: the whole image fits, so the valid region is 168 rows.
+    assert int(out["valid"].any(dim=1).sum()) == 168
+    assert int(out["valid"].any(dim=0).sum()) == 224
+    # the right half (112 columns of the resized image) keeps class 1
+    assert int((out["mask"] == 1).any(dim=0).sum()) == 112

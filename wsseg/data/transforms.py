@@ -456,7 +456,7 @@ def train_transform(crop_size: int | Sequence[int] = 512, *, scale_range: Sequen
                     hflip_p: float = 0.5, pad_value: float | Sequence[float] = 0.0,
                     cat_max_ratio: float | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255,
-                    seed: int | None = None) -> Compose:
+                    seed: int | None = None, long_side: int | None = None) -> Compose:
     """The AFA/TSCD training pipeline: rescale → h-flip → crop with zero padding → normalise → tensor.
 
     No colour jitter (``tscd.md`` §7.1). All outputs of a given ``crop_size`` have the same shape, so
@@ -471,6 +471,12 @@ def train_transform(crop_size: int | Sequence[int] = 512, *, scale_range: Sequen
         mean, std: normalisation statistics in the 0–1 range.
         ignore_index: padded mask value.
         seed: seed of the pipeline's generator.
+        long_side: if given, first resize every image (and mask) so that its longer side is
+            ``long_side`` pixels (:class:`ResizeLongSide`). Not part of the official pipeline, where VOC
+            photos (~500×375) are about the size of the crop (512), so a random rescale in [0.5, 2] and a
+            crop keep most of each labelled object. With a crop much smaller than the photos (e.g. 224 on
+            640-pixel COCO photos) most crops miss the objects their image-level label names; setting
+            ``long_side`` to about the crop size restores the official image-to-crop ratio.
 
     Returns:
         A :class:`Compose`.
@@ -486,6 +492,8 @@ def train_transform(crop_size: int | Sequence[int] = 512, *, scale_range: Sequen
         AFA, Ru et al. CVPR 2022; github.com/rulixiang/afa, ``datasets/voc.py`` (``VOC12ClsDataset``).
     """
     steps: list[_Transform] = []
+    if long_side is not None:
+        steps.append(ResizeLongSide(long_side))
     if scale_range is not None:
         steps.append(RandomRescale(scale_range))
     if hflip_p > 0:
