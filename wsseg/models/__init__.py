@@ -1,5 +1,15 @@
 """Model registry and the reference model builders (``wsseg.create_model``)."""
 
 from .registry import create_model, is_model, list_models, register_model
+from .tscd import TSCDNet, TSCDOutput, tscd, tscd_mit_b1
 
-__all__ = ["create_model", "is_model", "list_models", "register_model"]
+__all__ = [
+    "TSCDNet",
+    "TSCDOutput",
+    "create_model",
+    "is_model",
+    "list_models",
+    "register_model",
+    "tscd",
+    "tscd_mit_b1",
+]

@@ -73,7 +73,7 @@ def check_shape(x: Tensor, name: str, expected: Sequence[int | None], dims: str 
         ValueError: if the number of dimensions or any fixed size differs.
     """
     shape = tuple(x.shape)
-    if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+    if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape, strict=True)):
         exp = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
         layout = f" {dims}" if dims else ""
         raise ValueError(f"{name}: expected shape {exp}{layout}, got {shape}")

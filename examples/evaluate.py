@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Evaluate a TSCD checkpoint written by ``examples/train_scd.py``: multi-scale + flip inference, optional CRF.
+
+::
+
+    python examples/evaluate.py runs/train_scd/checkpoint.pt                 # same data as training
+    python examples/evaluate.py CKPT --dataset voc --root VOC2012 --split val --crf
+
+Protocol (preset ``tscd`` = AFA's ``scripts/test_msc_flip.py``): the image's long side is resized to 512
+(``--long-side`` overrides it, e.g. 224 for speed on CPU), scales {1, 0.5, 0.75} each with its horizontal
+flip, logits averaged over the flip and **max** over scales, resized to the original image, argmax.
+``--crf`` adds the dense CRF preset ``tscd`` (10 iterations; Gaussian sxy 3 / compat 3; bilateral sxy 64 /
+srgb 5 / compat 4) on the softmax probabilities; it is skipped with a message when ``pydensecrf`` is not
+installed. Both mIoUs are reported, labelled: **unfiltered** (plain argmax) and **GT-label-filtered**
+(logits of classes absent from the ground-truth image label removed — this uses ground truth at test time).
+Masks are scored at the original image resolution. ``--single-scale`` evaluates one pass (scale 1, no flip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import wsseg
+from wsseg.data import COCOSegmentation, SyntheticShapes, VOCSegmentation, eval_transform
+from wsseg.layers import multi_scale_inference
+from wsseg.layers.multi_scale_inference import MULTI_SCALE_INFERENCE_PRESETS
+from wsseg.metrics import DualMIoU, SegmentationMetric, filter_logits_by_labels
+from wsseg.training import load_checkpoint, progress
+from wsseg.utils.image import denormalize
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint.pt written by train_scd.py")
+    p.add_argument("--dataset", choices=["synthetic", "voc", "coco"], default=None,
+                   help="default: the training dataset recorded in the checkpoint")
+    p.add_argument("--root", default=None)
+    p.add_argument("--split", default=None, help="VOC split (default: the training split)")
+    p.add_argument("--coco-classes", choices=["voc", "all"], default=None)
+    p.add_argument("--preset", default="tscd", choices=sorted(MULTI_SCALE_INFERENCE_PRESETS))
+    p.add_argument("--single-scale", action="store_true", help="one pass at scale 1, no flip")
+    p.add_argument("--long-side", type=int, default=None, help="override the preset's long-side resize")
+    p.add_argument("--crf", action="store_true", help="dense CRF post-processing (preset tscd; needs pydensecrf)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--out", default=None, help="JSON output (default: <checkpoint dir>/eval_<preset>.json)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def build_dataset(args, train_args: dict):
+    dataset = args.dataset or train_args.get("dataset", "synthetic")
+    tf = eval_transform(None)
+    if dataset == "synthetic":
+        return SyntheticShapes(num_images=train_args.get("synthetic_images", 96),
+                               size=train_args.get("synthetic_size", 96),
+                               num_classes=train_args.get("synthetic_classes", 3), seed=0, transform=tf)
+    root = args.root or train_args.get("root")
+    if root is None:
+        raise SystemExit("--root is required")
+    if dataset == "voc":
+        return VOCSegmentation(root, args.split or train_args.get("split", "train"), transform=tf)
+    return COCOSegmentation(root, classes=args.coco_classes or train_args.get("coco_classes", "voc"),
+                            skip_unlabeled=True, transform=tf)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    train_args = ckpt.get("extra", {}).get("args", {})
+    dataset = build_dataset(args, train_args)
+    if not train_args.get("backbone") or not train_args.get("decoder_dim"):
+        raise SystemExit(f"{args.checkpoint}: no backbone / decoder_dim recorded (not written by train_scd.py?)")
+    backbone, decoder_dim = train_args["backbone"], train_args["decoder_dim"]
+    model = wsseg.create_model("tscd", backbone=backbone, num_classes=dataset.num_classes, decoder_dim=decoder_dim)
+    device = torch.device(args.device)
+    load_checkpoint(args.checkpoint, model, map_location="cpu", restore_rng=False)
+    model.to(device).eval()
+
+    preset = dict(MULTI_SCALE_INFERENCE_PRESETS[args.preset])
+    if args.single_scale:
+        preset.update(scales=(1.0,), flip=False)
+    if args.long_side is not None:
+        preset["resize_to"] = args.long_side
+    crf = None
+    if args.crf:
+        try:
+            import pydensecrf  # noqa: F401
+
+            from wsseg.pseudo import DenseCRF
+            crf = DenseCRF.from_preset("tscd")
+        except ImportError:
+            print("--crf: pydensecrf is not installed (pip install pydensecrf2); CRF skipped")
+
+    C = dataset.num_classes + 1
+    seg = DualMIoU(C)
+    crf_m, crf_f = SegmentationMetric(C), SegmentationMetric(C)
+
+    def logit_fn(x):
+        return model(model.fit_input(x)).seg
+
+    n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
+    with torch.no_grad():
+        for i in progress(range(n), desc="evaluate", disable=args.no_progress):
+            s = dataset[i]
+            x, gt, y = s["image"][None].to(device), s["mask"][None].to(device), s["label"][None].to(device)
+            logits = multi_scale_inference(logit_fn, x, **preset)
+            logits = F.interpolate(logits, size=gt.shape[-2:], mode="bilinear", align_corners=False)
+            seg.update(logits, gt, y)
+            if crf is not None:
+                img = (denormalize(x.float()).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+                crf_m.update(crf(img, torch.softmax(logits, 1).cpu()).to(device), gt)
+                crf_f.update(crf(img, torch.softmax(filter_logits_by_labels(logits, y), 1).cpu()).to(device), gt)
+    res = seg.compute()
+    out = {
+        "checkpoint": str(args.checkpoint),
+        "num_images": n,
+        "protocol": {"preset": args.preset, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in preset.items()}},
+        "seg_miou": res["miou"],
+        "seg_miou_filtered": res["miou_filtered"],
+        "iou": [float(v) for v in res["iou"]],
+        "iou_filtered": [float(v) for v in res["iou_filtered"]],
+        "class_names": ["background", *dataset.class_names],
+        "wall_time_s": time.time() - t0,
+    }
+    print(f"[{args.preset}{' single-scale' if args.single_scale else ' multi-scale+flip'}] "
+          f"seg mIoU unfiltered: {100 * res['miou']:.2f} | GT-label-filtered: {100 * res['miou_filtered']:.2f} "
+          f"({n} images)")
+    if crf is not None:
+        out["crf_miou"] = crf_m.compute()["miou"]
+        out["crf_miou_filtered"] = crf_f.compute()["miou"]
+        print(f"[+ dense CRF tscd] seg mIoU unfiltered: {100 * out['crf_miou']:.2f} | "
+              f"GT-label-filtered: {100 * out['crf_miou_filtered']:.2f}")
+    path = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.preset}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+    print(f"-> {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

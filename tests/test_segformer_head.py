@@ -1,0 +1,145 @@
+"""Tests of the SegFormer all-MLP decoder head (``wsseg.layers.SegFormerHead``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsseg.layers import SegFormerHead, segformer_head
+
+MIT_CHANNELS = [32, 64, 160, 256]
+
+
+def _mit_features(b=2, size=32, strides=(4, 8, 16, 16), channels=MIT_CHANNELS, dtype=torch.float32):
+    return [torch.randn(b, c, size // s, size // s, dtype=dtype) for c, s in zip(channels, strides, strict=False)]
+
+
+def test_shapes_mit_like():
+    head = SegFormerHead(MIT_CHANNELS, num_classes=21, embed_dim=16)
+    out = head(_mit_features())
+    assert out.shape == (2, 21, 8, 8)
+
+
+def test_shapes_vit_like_same_stride():
+    head = SegFormerHead([64] * 4, num_classes=5, embed_dim=8)
+    feats = [torch.randn(3, 64, 4, 6) for _ in range(4)]
+    assert head(feats).shape == (3, 5, 4, 6)
+
+
+def test_single_map():
+    head = SegFormerHead([12], num_classes=3, embed_dim=4)
+    assert head([torch.randn(1, 12, 5, 5)]).shape == (1, 3, 5, 5)
+
+
+def test_structure_matches_official():
+    head = SegFormerHead(MIT_CHANNELS, num_classes=21)
+    assert head.embed_dim == 256
+    fuse_conv, bn, relu, drop = head.fuse
+    assert fuse_conv.in_channels == 4 * 256 and fuse_conv.out_channels == 256 and fuse_conv.bias is None
+    assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
+    assert isinstance(drop, torch.nn.Dropout2d) and drop.p == pytest.approx(0.1)
+    assert head.pred.out_channels == 21 and head.pred.bias is not None
+    assert [m.in_features for m in head.proj] == MIT_CHANNELS
+
+
+def test_matches_manual_reference():
+    """Hand-written reference: per-token linear, bilinear upsample (align_corners=False), reverse concat,
+    1x1 conv, BN (eval statistics), ReLU, 1x1 conv."""
+    torch.manual_seed(1)
+    head = SegFormerHead([6, 10, 14], num_classes=4, embed_dim=5).eval()
+    bn = head.fuse[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    feats = [torch.randn(2, 6, 8, 8), torch.randn(2, 10, 4, 4), torch.randn(2, 14, 2, 2)]
+    projected = []
+    for f, lin in zip(feats, head.proj, strict=False):
+        tokens = f.flatten(2).transpose(1, 2)                       # (B, N, C)
+        e = (tokens @ lin.weight.T + lin.bias).transpose(1, 2).reshape(2, 5, *f.shape[-2:])
+        projected.append(F.interpolate(e, size=(8, 8), mode="bilinear", align_corners=False))
+    cat = torch.cat(projected[::-1], dim=1)
+    z = torch.einsum("oc,bchw->bohw", head.fuse[0].weight[:, :, 0, 0], cat)
+    z = (z - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps)
+    z = torch.relu(z * bn.weight[None, :, None, None] + bn.bias[None, :, None, None])
+    ref = torch.einsum("oc,bchw->bohw", head.pred.weight[:, :, 0, 0], z) + head.pred.bias[None, :, None, None]
+    torch.testing.assert_close(head(feats), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_concat_order_deepest_first():
+    """Fusion input channels [0, D) belong to the LAST map: zeroing the fuse weights of the other blocks
+    makes the output independent of the other maps."""
+    head = SegFormerHead([4, 4], num_classes=2, embed_dim=3, norm="none").eval()
+    with torch.no_grad():
+        head.fuse[0].weight[:, 3:] = 0.0
+    a = [torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)]
+    b = [torch.randn(1, 4, 4, 4), a[1]]
+    torch.testing.assert_close(head(a), head(b))
+
+
+def test_function_equals_module():
+    head = SegFormerHead(MIT_CHANNELS, num_classes=3, embed_dim=8).eval()
+    feats = _mit_features(b=1)
+    out = segformer_head(feats, [m.weight for m in head.proj], [m.bias for m in head.proj], head.fuse, head.pred)
+    torch.testing.assert_close(out, head(feats))
+
+
+def test_dropout_active_in_train_only():
+    head = SegFormerHead([8], num_classes=3, embed_dim=64, dropout=0.5)
+    x = [torch.randn(2, 8, 4, 4)]
+    head.eval()
+    torch.testing.assert_close(head(x), head(x))
+    head.train()
+    torch.manual_seed(0)
+    a = head(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, head(x))
+
+
+def test_gradcheck_float64():
+    head = SegFormerHead([3, 5], num_classes=2, embed_dim=2).double().eval()
+    f1 = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    f2 = torch.randn(1, 5, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: head([a, b]), (f1, f2))
+
+
+def test_batchnorm_statistics_update_in_train_mode():
+    head = SegFormerHead([4], num_classes=2, embed_dim=3).train()
+    before = head.fuse[1].running_mean.clone()
+    head([torch.randn(2, 4, 3, 3) + 3.0])
+    assert not torch.equal(before, head.fuse[1].running_mean)
+
+
+def test_extra_repr():
+    text = repr(SegFormerHead([4, 8], num_classes=3, embed_dim=16))
+    assert "embed_dim=16" in text and "num_classes=3" in text and "dropout=0.1" in text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(in_channels=[], num_classes=3), "in_channels"),
+    (dict(in_channels=[4, 0], num_classes=3), "in_channels"),
+    (dict(in_channels=[4], num_classes=0), "num_classes"),
+    (dict(in_channels=[4], num_classes=3, embed_dim=0), "embed_dim"),
+    (dict(in_channels=[4], num_classes=3, dropout=1.0), "dropout"),
+    (dict(in_channels=[4], num_classes=3, norm="gn"), "norm"),
+])
+def test_constructor_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SegFormerHead(**kwargs)
+
+
+def test_forward_validation():
+    head = SegFormerHead([4, 8], num_classes=3, embed_dim=2)
+    with pytest.raises(TypeError, match="features"):
+        head(torch.randn(1, 4, 4, 4))
+    with pytest.raises(ValueError, match="features"):
+        head([torch.randn(1, 4, 4, 4)])
+    with pytest.raises(ValueError, match=r"features\[1\]"):
+        head([torch.randn(1, 4, 4, 4), torch.randn(1, 7, 2, 2)])
+    with pytest.raises(ValueError, match=r"features\[1\]"):
+        head([torch.randn(1, 4, 4, 4), torch.randn(2, 8, 2, 2)])
+    with pytest.raises(ValueError, match=r"features\[0\]"):
+        head([torch.randn(4, 4, 4), torch.randn(1, 8, 2, 2)])
+    with pytest.raises(TypeError, match=r"features\[0\]"):
+        head([torch.zeros(1, 4, 4, 4, dtype=torch.long), torch.randn(1, 8, 2, 2)])

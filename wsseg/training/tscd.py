@@ -1,0 +1,542 @@
+"""TSCD's training recipe and its per-iteration loss composition, in one readable place (``tscd.md`` §7)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..utils.image import denormalize
+from ..utils.validation import check_labels, check_tensor
+
+__all__ = ["TSCDRecipe", "TSCDTrainingStep", "fit_to_stride", "tscd_training_step"]
+
+_RECIPES = ("tscd", "cam")
+_TEACHER_MODES = ("train", "eval")
+_DENORMALIZE = ("truncate_uint8", "float")
+
+
+@dataclass
+class TSCDRecipe:
+    """Every hyperparameter of the TSCD training recipe, with the official values as defaults.
+
+    Official values: ``scripts/dist_train_voc.py``, ``configs/voc_attn_reg.yaml``,
+    ``utils/optimizer.py`` of the TSCD code (``tscd.md`` §7.3). Iterations are counted from 0 as in the
+    official loop; the scheduler is stepped once per iteration.
+
+    ``recipe="cam"`` is the classification-only baseline with the same backbone, data and schedule:
+    only :math:`L_{cls}` is ever computed, and its pseudo label is the plain CAM thresholded at
+    ``cam_eval_threshold`` (0.45).
+
+    **Schedule scaling rule** (:meth:`scaled`): for short runs the classification-only phase and the
+    warm-up keep their official fractions of the run, ``cam_iters = round(0.1 * iters)`` and
+    ``warmup_iters = round(0.075 * iters)``, unless set explicitly.
+
+    Attributes:
+        recipe: ``"tscd"`` (full TSCD) or ``"cam"`` (classification-only baseline).
+        crop_size: training crop (512 = the intended value the authors' launcher passes; 320 is what the
+            shipped launcher actually runs because of a missing line continuation — set 320 to reproduce).
+        scale_range: random rescale range of the training images.
+        batch_size: images per iteration (official 2 per GPU × 2 GPUs = 4).
+        iters: total iterations (VOC 20,000).
+        cam_iters: iterations ``step <= cam_iters`` train only :math:`L_{cls}` (official 2,000).
+        warmup_iters, warmup_ratio, poly_power, rebase_after_warmup: :class:`~wsseg.optim.PolyWarmupLR`.
+        lr: base (encoder) learning rate 6e-5; ``head_lr_mult`` (10) for classifier, affinity conv and
+            decoder; ``encoder_norm_lr_mult`` (0: encoder norms frozen).
+        weight_decay, betas, adam_eps: AdamW.
+        cam_scales, cam_flip: multi-scale CAM teacher (1, 0.5, 1.5) + h-flip.
+        cam_eval_threshold: background threshold of the CAM diagnostic / the ``cam`` recipe label (0.45).
+        high, low: background thresholds of the training pseudo label (0.55 / 0.35).
+        pseudo_down_scale: VARM runs at 1/2 of the crop.
+        varm_num_iter: VARM iterations (10).
+        aff_radius: affinity window radius in tokens (8).
+        scd_scale: second-view scale for SCD (0.3, ``align_corners=True``).
+        scd_num_samples: S, samples per side (40 → 1,600 points per view).
+        scd_mask_absent_classes: option (off): multiply the SCD teacher CAM by the image labels.
+        w_cls, w_seg, w_reg, w_aff, w_scd: loss weights 1 / 0.1 / 0.01 / 0.1 / 0.1. A zero weight skips
+            the term (and, for ``w_scd``, the second view).
+        seg_fg_alpha: foreground weight of :class:`~wsseg.losses.BalancedSegmentationLoss` (0.5).
+        energy_sigma_rgb, energy_sigma_xy, energy_scale, energy_weight, energy_gradient: the
+            :class:`~wsseg.losses.DenseEnergyLoss` (15, 100, 0.5, 1e-7, ``"official"``). On CPU,
+            ``energy_scale=0.25`` is the documented way to make the dense kernel cheaper (σ_xy is scaled
+            with it, so only the resolution changes).
+        energy_chunk_size: query-chunk size of the dense energy kernel.
+        denormalize: image de-normalisation for VARM, ``"truncate_uint8"`` (official) or ``"float"``.
+        teacher_mode: network mode during the teacher CAM passes, ``"train"`` (official: drop-path active,
+            BN statistics updated) or ``"eval"``.
+        seed: random seed (official 1).
+    """
+
+    recipe: str = "tscd"
+    crop_size: int = 512
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    batch_size: int = 4
+    iters: int = 20000
+    cam_iters: int = 2000
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    poly_power: float = 1.0
+    rebase_after_warmup: bool = False
+    lr: float = 6e-5
+    head_lr_mult: float = 10.0
+    encoder_norm_lr_mult: float = 0.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)
+    cam_flip: bool = True
+    cam_eval_threshold: float = 0.45
+    high: float = 0.55
+    low: float = 0.35
+    pseudo_down_scale: int = 2
+    varm_num_iter: int = 10
+    aff_radius: int = 8
+    scd_scale: float = 0.3
+    scd_num_samples: int = 40
+    scd_mask_absent_classes: bool = False
+    w_cls: float = 1.0
+    w_seg: float = 0.1
+    w_reg: float = 0.01
+    w_aff: float = 0.1
+    w_scd: float = 0.1
+    seg_fg_alpha: float = 0.5
+    energy_sigma_rgb: float = 15.0
+    energy_sigma_xy: float = 100.0
+    energy_scale: float = 0.5
+    energy_weight: float = 1e-7
+    energy_gradient: str = "official"
+    energy_chunk_size: int = 4096
+    denormalize: str = "truncate_uint8"
+    teacher_mode: str = "train"
+    seed: int = 1
+    _pinned: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Check every field; raises ValueError naming the field."""
+        if self.recipe not in _RECIPES:
+            raise ValueError(f"recipe: expected one of {_RECIPES}, got {self.recipe!r}")
+        if self.teacher_mode not in _TEACHER_MODES:
+            raise ValueError(f"teacher_mode: expected one of {_TEACHER_MODES}, got {self.teacher_mode!r}")
+        if self.denormalize not in _DENORMALIZE:
+            raise ValueError(f"denormalize: expected one of {_DENORMALIZE}, got {self.denormalize!r}")
+        for name in ("crop_size", "batch_size", "iters", "pseudo_down_scale", "scd_num_samples",
+                     "energy_chunk_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)}")
+        for name in ("cam_iters", "warmup_iters", "varm_num_iter", "aff_radius"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name}: expected a non-negative int, got {getattr(self, name)}")
+        for name in ("lr", "head_lr_mult", "encoder_norm_lr_mult", "weight_decay", "w_cls", "w_seg", "w_reg",
+                     "w_aff", "w_scd"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name}: expected a non-negative float, got {getattr(self, name)}")
+        if not 0.0 < self.scd_scale <= 1.0:
+            raise ValueError(f"scd_scale: expected a scale in (0, 1], got {self.scd_scale}")
+        if not 0.0 < self.energy_scale <= 1.0:
+            raise ValueError(f"energy_scale: expected a scale in (0, 1], got {self.energy_scale}")
+        if not self.low <= self.high:
+            raise ValueError(f"low: expected low <= high, got low={self.low}, high={self.high}")
+        if len(self.cam_scales) == 0 or any(s <= 0 for s in self.cam_scales):
+            raise ValueError(f"cam_scales: expected positive scales, got {self.cam_scales}")
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def preset(cls, name: str = "tscd", **overrides: Any) -> TSCDRecipe:
+        """The official recipe (``"tscd"``), the classification-only baseline (``"cam"``) or the
+        launcher-bug variant (``"tscd_crop320"``: crop 320, what the shipped launcher runs)."""
+        if name == "tscd_crop320":
+            return cls(recipe="tscd", crop_size=320, **overrides)
+        if name not in _RECIPES:
+            raise ValueError(f"name: expected one of {_RECIPES + ('tscd_crop320',)}, got {name!r}")
+        return cls(recipe=name, **overrides)
+
+    def replace(self, **changes: Any) -> TSCDRecipe:
+        """A copy with ``changes`` applied (changed fields are remembered as explicitly set)."""
+        pinned = tuple(sorted(set(self._pinned) | set(changes)))
+        return dataclasses.replace(self, _pinned=pinned, **changes)
+
+    def scaled(self, iters: int) -> TSCDRecipe:
+        """A copy for a run of ``iters`` iterations keeping the official schedule fractions.
+
+        ``cam_iters = round(0.1 * iters)`` (2,000 / 20,000) and ``warmup_iters = round(0.075 * iters)``
+        (1,500 / 20,000), unless those fields were set explicitly (via :meth:`replace` /
+        :meth:`from_overrides`, or to a non-official value in the constructor).
+
+        Example:
+            >>> r = TSCDRecipe().scaled(400)
+            >>> r.iters, r.cam_iters, r.warmup_iters
+            (400, 40, 30)
+            >>> TSCDRecipe.from_overrides(["cam_iters=5"]).scaled(400).cam_iters
+            5
+        """
+        if int(iters) < 1:
+            raise ValueError(f"iters: expected a positive int, got {iters}")
+        changes: dict[str, Any] = {"iters": int(iters)}
+        official = TSCDRecipe.__dataclass_fields__
+        if "cam_iters" not in self._pinned and self.cam_iters == official["cam_iters"].default:
+            changes["cam_iters"] = int(round(0.1 * iters))
+        if "warmup_iters" not in self._pinned and self.warmup_iters == official["warmup_iters"].default:
+            changes["warmup_iters"] = int(round(0.075 * iters))
+        pinned = self._pinned
+        out = dataclasses.replace(self, **changes)
+        out._pinned = pinned
+        return out
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Public field names (what ``key`` may be in ``key=value`` overrides)."""
+        return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+
+    @classmethod
+    def from_overrides(cls, overrides: Sequence[str], base: TSCDRecipe | None = None) -> TSCDRecipe:
+        """Apply ``["key=value", ...]`` overrides (``--set`` on the command line) to ``base``.
+
+        ``base`` defaults to the official recipe. Values are parsed according to the field's default
+        type: ints, floats, booleans (``true/false/1/0/yes/no``), strings and comma-separated tuples
+        (``cam_scales=1,0.5,1.5``). Overridden fields are remembered as explicitly set, so
+        :meth:`scaled` leaves them alone.
+
+        Raises:
+            TypeError: if ``overrides`` is a single string.
+            ValueError: for a malformed item, an unknown key (the message lists valid keys) or an
+                unparsable / invalid value.
+
+        Example:
+            >>> r = TSCDRecipe.from_overrides(["crop_size=320", "cam_scales=1,0.5", "cam_flip=false"])
+            >>> r.crop_size, r.cam_scales, r.cam_flip
+            (320, (1.0, 0.5), False)
+        """
+        base = cls() if base is None else base
+        if isinstance(overrides, str):
+            raise TypeError("overrides: expected a list of 'key=value' strings, got a single string")
+        names = base.field_names()
+        changes: dict[str, Any] = {}
+        for item in overrides:
+            if not isinstance(item, str) or "=" not in item:
+                raise ValueError(f"overrides: expected 'key=value', got {item!r}")
+            key, value = (s.strip() for s in item.split("=", 1))
+            if key not in names:
+                raise ValueError(f"overrides: unknown recipe key {key!r}; valid keys: {', '.join(names)}")
+            changes[key] = _parse_value(value, getattr(base, key), key)
+        return base.replace(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of the public fields."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+                if not k.startswith("_")}
+
+
+def _parse_value(value: str, default: Any, key: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            v = value.lower()
+            if v in ("1", "true", "yes", "on"):
+                return True
+            if v in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            elem = type(default[0]) if default else float
+            return tuple(elem(s) for s in value.replace("(", "").replace(")", "").split(",") if s.strip())
+        return value
+    except ValueError as e:
+        raise ValueError(f"overrides: cannot parse {key}={value!r} as {type(default).__name__}") from e
+
+
+# ---------------------------------------------------------------------- helpers
+def fit_to_stride(x: Tensor, multiple: int, min_size: int = 1) -> Tensor:
+    """Bilinearly resize ``x`` so both sides are multiples of ``multiple`` and at least ``min_size``.
+
+    Identity when the sides already qualify. Used for network inputs whose size is set by a scale factor
+    (TSCD's 0.3× view and its CAM scales): ViT backbones need sides that are multiples of the patch
+    size, MiT needs a minimum size. Every output is resized back to the intended size afterwards, so
+    for MiT at the official crop 512 this never changes anything.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`.
+        - output: :math:`(B, C, H', W')`.
+    """
+    h, w = x.shape[-2:]
+
+    def fit(n: int) -> int:
+        m = max(1, int(round(n / multiple))) * multiple
+        while m < min_size:
+            m += multiple
+        return m
+
+    th, tw = fit(h), fit(w)
+    if (th, tw) == (h, w):
+        return x
+    return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
+
+
+def _fit_fn(model: nn.Module):
+    """The model's ``fit_input`` (TSCDNet) or the identity."""
+    return getattr(model, "fit_input", None) or (lambda x: x)
+
+
+class _TeacherMode:
+    """Context manager putting ``model`` in eval mode for ``mode="eval"`` and restoring it afterwards."""
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        self.model, self.mode, self.was_training = model, mode, model.training
+
+    def __enter__(self):
+        if self.mode == "eval":
+            self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+        return False
+
+
+def _upsample(x: Tensor, size: Sequence[int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+# ---------------------------------------------------------------------- the training step
+class TSCDTrainingStep:
+    r"""One TSCD training iteration: every loss term and how they are combined (``tscd.md`` §7.2).
+
+    With :math:`x` the normalised crop (B,3,H,W), :math:`y` the image labels and ``valid`` the real-image
+    part of the padded crop, at iteration :math:`n` (counted from 0):
+
+    1. forward **with gradients**: :math:`(\text{cls}, \text{seg}, \cdot, \hat A) = f(x)`;
+       :math:`L_{cls} = \mathrm{MultiLabelSoftMargin}(\text{cls}, y)`.
+       If :math:`n \le` ``cam_iters`` (or ``recipe="cam"``): :math:`L = w_{cls} L_{cls}` and stop —
+       deviation: the official code also computes the other terms and multiplies them by 0; wsseg does
+       not compute them (identical unless a term is NaN).
+    2. teacher :math:`M = \mathrm{MultiScaleCAM}(x)` (no grad; network in train mode, faithful).
+    3. :math:`x' = \mathrm{resize}_{0.3}(x)` (bilinear, ``align_corners=True``); second forward **with
+       gradients** → seg'; teacher :math:`M' = \mathrm{MultiScaleCAM}(x')`.
+    4. :math:`P = \mathrm{up}(\text{seg})`, :math:`P' = \mathrm{up}(\text{seg}')` (bilinear,
+       ``align_corners=True``); :math:`L_{SCD} = \mathrm{SCD}(M, M', P, P')`.
+    5. :math:`Y = \mathrm{VARM\ pseudo\ label}(M, y, \mathrm{denorm}_{uint8}(x), \text{valid})`;
+       :math:`L_{aff} = \mathrm{AffinityLoss}(\hat A, \mathrm{AffinityLabel}(Y))`;
+       :math:`L_{seg} = \mathrm{BalancedSeg}(P, Y)`; :math:`L_{reg} = \mathrm{DenseEnergy}(\mathrm{softmax}(P),
+       255\,\mathrm{denorm}(x), \text{valid}, Y)`.
+    6. :math:`L = w_{cls}L_{cls} + w_{seg}L_{seg} + w_{reg}L_{reg} + w_{aff}L_{aff} + w_{SCD}L_{SCD}`
+       (1, 0.1, 0.01, 0.1, 0.1).
+
+    The official "equivariant regularisation" :math:`0.1\,L_{er}` is **not implemented**: both its
+    operands are no-grad CAMs, so it has no effect on training (it only shifts the logged total; it also
+    drops the aeroplane channel by an index bug). A term with weight 0 is skipped (``w_scd=0`` also skips
+    the second view).
+
+    Inputs whose size is set by a scale factor (the 0.3× view and the CAM scales) are resized to the
+    backbone's constraints with :func:`fit_to_stride` (ViT: multiples of the patch size; MiT: a minimum
+    size) and the outputs resized back; a no-op for MiT at the official crop.
+
+    Args:
+        recipe: the :class:`TSCDRecipe` (hyperparameters only).
+
+    Shape:
+        - batch["image"]: :math:`(B, 3, H, W)` normalised; batch["label"]: :math:`(B, K)`;
+          batch["valid"]: :math:`(B, H, W)` bool (optional, default all True).
+        - returns ``(loss, logs)``: a scalar tensor with grad and a dict of floats (each term, the
+          total, the pseudo label's ignore and foreground fractions).
+
+    Raises:
+        ValueError / TypeError: for malformed batches.
+
+    Example:
+        >>> from wsseg import create_model
+        >>> net = create_model("tscd", backbone="mit_b0", num_classes=2, decoder_dim=8)
+        >>> step = TSCDTrainingStep(TSCDRecipe(cam_iters=0, crop_size=64, varm_num_iter=1))
+        >>> batch = {"image": torch.randn(1, 3, 64, 64), "label": torch.tensor([[1.0, 0.0]])}
+        >>> loss, logs = step(net, batch, step=1)
+        >>> sorted(k for k in logs if k.startswith("loss_"))
+        ['loss_aff', 'loss_cls', 'loss_reg', 'loss_scd', 'loss_seg']
+
+    Source:
+        TSCD, Xu et al., "Self Correspondence Distillation for End-to-End Weakly-Supervised Semantic
+        Segmentation", AAAI 2023; github.com/Rongtao-Xu/RepresentationLearning,
+        SCD-AAAI2023/scripts/dist_train_voc.py (on AFA's github.com/rulixiang/afa,
+        scripts/dist_train_voc.py).
+    """
+
+    def __init__(self, recipe: TSCDRecipe | None = None) -> None:
+        from ..losses import (
+            AffinityLoss,
+            BalancedSegmentationLoss,
+            DenseEnergyLoss,
+            SelfCorrespondenceDistillation,
+        )
+
+        self.recipe = recipe if recipe is not None else TSCDRecipe()
+        if not isinstance(self.recipe, TSCDRecipe):
+            raise TypeError(f"recipe: expected a TSCDRecipe, got {type(recipe).__name__}")
+        r = self.recipe
+        self.seg_loss = BalancedSegmentationLoss(fg_alpha=r.seg_fg_alpha, align_corners=True)
+        self.aff_loss = AffinityLoss()
+        self.energy_loss = DenseEnergyLoss(sigma_rgb=r.energy_sigma_rgb, sigma_xy=r.energy_sigma_xy,
+                                           scale_factor=r.energy_scale, weight=r.energy_weight,
+                                           gradient=r.energy_gradient, chunk_size=r.energy_chunk_size)
+        self.scd_loss = SelfCorrespondenceDistillation(num_samples=r.scd_num_samples,
+                                                       mask_absent_classes=r.scd_mask_absent_classes)
+
+    # -------------------------------------------------------------- pieces
+    def teacher_cam(self, model: nn.Module, images: Tensor) -> Tensor:
+        """Multi-scale + flip, min–max normalised CAM (no grad) of ``images`` at their own resolution."""
+        from ..layers import multi_scale_cam
+
+        fit = _fit_fn(model)
+
+        def cam_fn(x: Tensor) -> Tensor:
+            return model.cam(fit(x))
+
+        with _TeacherMode(model, self.recipe.teacher_mode), torch.no_grad():
+            return multi_scale_cam(cam_fn, images, scales=self.recipe.cam_scales, flip=self.recipe.cam_flip)
+
+    def pseudo_label_from_cam(self, cam: Tensor, images: Tensor, labels: Tensor,
+                              valid: Tensor | None = None) -> Tensor:
+        """The recipe's training target from a normalised CAM: VARM dual-threshold label (``tscd``) or
+        ``cam_to_label`` at ``cam_eval_threshold`` (``cam``)."""
+        from ..pseudo import cam_to_label, varm_pseudo_label
+
+        r = self.recipe
+        labels = labels.to(cam.dtype)
+        if r.recipe == "cam":
+            return cam_to_label(cam, labels, valid, bkg_thre=r.cam_eval_threshold)
+        img01 = denormalize(images.float(), mode=r.denormalize)
+        return varm_pseudo_label(cam, labels, img01, valid, high=r.high, low=r.low,
+                                 down_scale=r.pseudo_down_scale, num_iter=r.varm_num_iter)
+
+    @torch.no_grad()
+    def pseudo_label(self, model: nn.Module, images: Tensor, labels: Tensor,
+                     valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(cam, pseudo_label)`` that the current model would train on for ``images``."""
+        cam = self.teacher_cam(model, images)
+        return cam, self.pseudo_label_from_cam(cam, images, labels, valid)
+
+    # -------------------------------------------------------------- the step
+    def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        r = self.recipe
+        if not isinstance(batch, Mapping) or "image" not in batch or "label" not in batch:
+            raise ValueError("batch: expected a dict with at least 'image' (B, 3, H, W) and 'label' (B, K)")
+        x = check_tensor(batch["image"], "batch['image']", ndim=4, dims="(B, 3, H, W)", dtype="float")
+        y = batch["label"]
+        check_tensor(y, "batch['label']", ndim=2, dims="(B, K)")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"batch['label']: expected (B, K) with B={x.shape[0]}, got shape {tuple(y.shape)}")
+        if out_k := getattr(model, "num_classes", None):
+            check_labels(y, "batch['label']", x.shape[0], out_k)
+        y = y.to(x.dtype)
+        valid = batch.get("valid")
+        if valid is not None:
+            check_tensor(valid, "batch['valid']", ndim=3, dims="(B, H, W)", dtype="bool_or_int")
+            if tuple(valid.shape) != (x.shape[0], *x.shape[-2:]):
+                raise ValueError(f"batch['valid']: expected shape {(x.shape[0], *x.shape[-2:])}, "
+                                 f"got {tuple(valid.shape)}")
+            valid = valid.bool()
+        if int(step) < 0:
+            raise ValueError(f"step: expected a non-negative int, got {step}")
+
+        # 1. forward with gradients + classification loss
+        out = model(x)
+        l_cls = F.multilabel_soft_margin_loss(out.cls, y)
+        logs: dict[str, float] = {"loss_cls": float(l_cls.detach())}
+        loss = r.w_cls * l_cls
+        if r.recipe == "cam" or step <= r.cam_iters:
+            logs["loss"] = float(loss.detach())
+            return loss, logs
+
+        H, W = x.shape[-2:]
+        # 2. teacher CAM of the crop (no grad)
+        cam = self.teacher_cam(model, x)
+        seg = _upsample(out.seg, (H, W))
+
+        # 3.-4. second view and SCD
+        if r.w_scd > 0:
+            x2 = F.interpolate(x, scale_factor=r.scd_scale, mode="bilinear", align_corners=True)
+            out2 = model(_fit_fn(model)(x2))
+            cam2 = self.teacher_cam(model, x2)
+            seg2 = _upsample(out2.seg, x2.shape[-2:])
+            l_scd = self.scd_loss(cam, cam2, seg, seg2, labels=y if r.scd_mask_absent_classes else None)
+            loss = loss + r.w_scd * l_scd
+            logs["loss_scd"] = float(l_scd.detach())
+
+        # 5. pseudo label and the losses it supervises
+        pseudo = self.pseudo_label_from_cam(cam, x, y, valid)
+        if r.w_aff > 0:
+            from ..pseudo import affinity_label
+
+            grid = _token_grid(model, out.aff, x)
+            aff_target = affinity_label(pseudo, stride=model.stride, radius=r.aff_radius, grid_size=grid)
+            l_aff = self.aff_loss(out.aff, aff_target)
+            loss = loss + r.w_aff * l_aff
+            logs["loss_aff"] = float(l_aff.detach())
+        if r.w_seg > 0:
+            l_seg = self.seg_loss(seg, pseudo)
+            loss = loss + r.w_seg * l_seg
+            logs["loss_seg"] = float(l_seg.detach())
+        if r.w_reg > 0:
+            img255 = denormalize(x.float(), mode="float") * 255.0
+            v = valid if valid is not None else torch.ones_like(pseudo, dtype=torch.bool)
+            l_reg = self.energy_loss(torch.softmax(seg.float(), dim=1), img255, v, pseudo)
+            loss = loss + r.w_reg * l_reg
+            logs["loss_reg"] = float(l_reg.detach())
+
+        logs["loss"] = float(loss.detach())
+        logs["pseudo_ignore_frac"] = float((pseudo == 255).float().mean())
+        logs["pseudo_fg_frac"] = float(((pseudo > 0) & (pseudo != 255)).float().mean())
+        return loss, logs
+
+    def __repr__(self) -> str:
+        return f"TSCDTrainingStep(recipe={self.recipe.recipe!r}, cam_iters={self.recipe.cam_iters})"
+
+
+def _token_grid(model: nn.Module, aff: Tensor, x: Tensor) -> tuple[int, int]:
+    """Token grid (h, w) of the affinity map; checks it against N."""
+    n = aff.shape[-1]
+    s = int(model.stride)
+    h, w = x.shape[-2] // s, x.shape[-1] // s
+    if h * w != n:
+        # MiT's padded strided convs give ceil-like sizes: (n - 1) // s + 1 per conv
+        enc = getattr(model, "encoder", None)
+        hh, ww = x.shape[-2:]
+        for st in getattr(enc, "strides", ()):
+            hh, ww = (hh - 1) // st + 1, (ww - 1) // st + 1
+        h, w = hh, ww
+    if h * w != n:
+        raise ValueError(f"batch['image']: cannot infer the {n}-token grid of the affinity map for input "
+                         f"{tuple(x.shape[-2:])} and stride {s}; use crops that are multiples of the stride")
+    return h, w
+
+
+def tscd_training_step(model: nn.Module, batch: Mapping[str, Tensor], step: int,
+                       recipe: TSCDRecipe | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Functional form of :class:`TSCDTrainingStep`: ``(loss, logs)`` for one TSCD iteration.
+
+    Builds the loss modules from ``recipe`` on every call (cheap: they are parameter-free); prefer the
+    class in a loop.
+
+    Example:
+        >>> from wsseg import create_model
+        >>> net = create_model("tscd", backbone="mit_b0", num_classes=2, decoder_dim=8)
+        >>> batch = {"image": torch.randn(2, 3, 64, 64), "label": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
+        >>> loss, logs = tscd_training_step(net, batch, step=0)   # step <= cam_iters: L_cls only
+        >>> sorted(logs)
+        ['loss', 'loss_cls']
+
+    Source:
+        TSCD, Xu et al. AAAI 2023; github.com/Rongtao-Xu/RepresentationLearning,
+        SCD-AAAI2023/scripts/dist_train_voc.py.
+    """
+    return TSCDTrainingStep(recipe)(model, batch, step)
