@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.reference.official_refiners import official_offsets, official_pamr, official_pamr_kernel
+from tests.reference.official_refiners import (
+    official_pamr,
+    official_pamr_kernel,
+    to_official_order,
+)
 from wsseg.layers import PAMR, pamr
 from wsseg.layers._neighbors import neighbor_offsets
 from wsseg.layers.pamr import _pamr_kernel
@@ -17,8 +21,7 @@ D = (1, 2, 4, 8, 12, 24)
 
 
 def _to_official_order(kernel: torch.Tensor, dilations=D) -> torch.Tensor:
-    canon = neighbor_offsets(dilations)
-    return kernel[:, :, [canon.index(o) for o in official_offsets(dilations)]]
+    return to_official_order(kernel, dilations)
 
 
 # ------------------------------------------------------------------------------ official formulation

@@ -9,7 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.reference.official_refiners import official_offsets, official_par, official_par_kernel
+from tests.reference.official_refiners import (
+    official_offsets,
+    official_par,
+    official_par_kernel,
+    to_official_order,
+)
 from wsseg.layers import PixelAdaptiveRefine, pixel_adaptive_refine
 from wsseg.layers._neighbors import gather_neighbors, neighbor_offsets, propagate
 from wsseg.layers.pixel_adaptive_refine import _par_kernel
@@ -18,10 +23,7 @@ D = (1, 2, 4, 8, 12, 24)
 
 
 def _to_official_order(kernel: torch.Tensor, dilations=D) -> torch.Tensor:
-    """Permute a library kernel (canonical order) into the official neighbour order."""
-    canon = neighbor_offsets(dilations)
-    perm = [canon.index(o) for o in official_offsets(dilations)]
-    return kernel[:, :, perm]
+    return to_official_order(kernel, dilations)
 
 
 # ------------------------------------------------------------------------------ neighbour machinery

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.reference.official_refiners import official_offsets, official_varm, official_varm_kernel
+from tests.reference.official_refiners import (
+    official_varm,
+    official_varm_kernel,
+    to_official_order,
+)
 from wsseg.layers import VariationAwareRefine, variation_aware_refine
 from wsseg.layers._neighbors import neighbor_offsets
 from wsseg.layers.variation_aware_refine import _varm_kernel
@@ -19,8 +23,7 @@ def _kernel(image, dilations=D, clip_negative=False, renormalize=False, variatio
 
 
 def _to_official_order(kernel: torch.Tensor, dilations=D) -> torch.Tensor:
-    canon = neighbor_offsets(dilations)
-    return kernel[:, :, [canon.index(o) for o in official_offsets(dilations)]]
+    return to_official_order(kernel, dilations)
 
 
 # ------------------------------------------------------------------------------ official formulation

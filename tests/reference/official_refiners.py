@@ -155,3 +155,11 @@ def official_varm(image: Tensor, probs: Tensor, dilations: Sequence[int] = (1, 2
     """VARM forward: resize, kernel, ``num_iter`` propagation steps."""
     probs = _resize(probs, image)
     return _iterate(probs, official_varm_kernel(image, dilations), dilations, num_iter)
+
+
+def to_official_order(kernel: Tensor, dilations: Sequence[int]) -> Tensor:
+    """Permute a wsseg kernel ``(B, 1, K, H, W)`` (wsseg's neighbour order) into the official order."""
+    from wsseg.layers._neighbors import neighbor_offsets
+
+    canon = neighbor_offsets(dilations)
+    return kernel[:, :, [canon.index(o) for o in official_offsets(dilations)]]

@@ -15,4 +15,25 @@ from .pixel_adaptive_refine import PixelAdaptiveRefine, pixel_adaptive_refine
 from .segformer_head import SegFormerHead, segformer_head
 from .variation_aware_refine import VariationAwareRefine, variation_aware_refine
 
-__all__: list[str] = ["SegFormerHead", "segformer_head", "MultiScaleInference", "multi_scale_inference", "AffinityFromAttention", "affinity_from_attention", "AffinityPropagation", "affinity_propagation", "token_grid_size", "MultiScaleCAM", "fuse_multi_scale_cams", "minmax_normalize", "multi_scale_cam", "multi_scale_inputs", "PAMR", "pamr", "PixelAdaptiveRefine", "pixel_adaptive_refine", "VariationAwareRefine", "variation_aware_refine"]
+__all__ = [
+    "affinity_from_attention",
+    "affinity_propagation",
+    "AffinityFromAttention",
+    "AffinityPropagation",
+    "fuse_multi_scale_cams",
+    "minmax_normalize",
+    "multi_scale_cam",
+    "multi_scale_inference",
+    "multi_scale_inputs",
+    "MultiScaleCAM",
+    "MultiScaleInference",
+    "pamr",
+    "PAMR",
+    "pixel_adaptive_refine",
+    "PixelAdaptiveRefine",
+    "segformer_head",
+    "SegFormerHead",
+    "token_grid_size",
+    "variation_aware_refine",
+    "VariationAwareRefine",
+]

@@ -5,4 +5,15 @@ from .cam_to_label import CAMToLabel, cam_to_label
 from .dense_crf import DenseCRF, dense_crf
 from .dual_threshold import DualThresholdPseudoLabel, dual_threshold_pseudo_label, varm_pseudo_label
 
-__all__: list[str] = ["DenseCRF", "dense_crf", "DualThresholdPseudoLabel", "dual_threshold_pseudo_label", "varm_pseudo_label", "AffinityLabel", "affinity_label", "radius_window", "CAMToLabel", "cam_to_label"]
+__all__ = [
+    "affinity_label",
+    "AffinityLabel",
+    "cam_to_label",
+    "CAMToLabel",
+    "dense_crf",
+    "DenseCRF",
+    "dual_threshold_pseudo_label",
+    "DualThresholdPseudoLabel",
+    "radius_window",
+    "varm_pseudo_label",
+]
