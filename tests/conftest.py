@@ -41,6 +41,15 @@ def coco128_dir(shared_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ccp_voc_dir(shared_dir: Path) -> Path:
+    """``shared/data/ccp_voc`` (Clothing Co-Parsing in VOC layout, 53 classes; skips when absent)."""
+    path = shared_dir / "data" / "ccp_voc"
+    if not (path / "class_names.txt").is_file():
+        pytest.skip(f"ccp_voc not found under {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def dinov2_weights(shared_dir: Path) -> Path:
     """Path of the ViT-S/14 DINOv2-derived fp16 state dict (skips when absent)."""
     path = shared_dir / "weights" / "dinov2_vits14_imgfocus_fp16.pth"

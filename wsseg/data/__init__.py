@@ -2,8 +2,8 @@
 
 from . import transforms
 from .base import SegmentationDataset
-from .class_names import COCO_CLASSES, COCO_TO_VOC, VOC_CLASSES
-from .coco import COCOSegmentation, rasterize_annotations, rle_decode
+from .class_names import COCO_CLASSES, COCO_TO_VOC, VOC_CLASSES, read_class_names
+from .coco import COCOSegmentation
 from .synthetic import SyntheticShapes
 from .transforms import eval_transform, train_transform
 from .voc import VOCSegmentation, load_cls_labels
@@ -18,8 +18,7 @@ __all__: list[str] = [
     "VOC_CLASSES",
     "eval_transform",
     "load_cls_labels",
-    "rasterize_annotations",
-    "rle_decode",
+    "read_class_names",
     "train_transform",
     "transforms",
 ]

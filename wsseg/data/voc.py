@@ -84,7 +84,8 @@ def load_cls_labels(source: str | os.PathLike | Mapping[Any, Any], num_classes: 
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if the file does not hold a dict or a vector does not have K entries in {0, 1}.
+        ValueError: if the file does not hold a dict or a vector does not have K entries in {0, 1}
+            (the message names the file when ``source`` is a path).
 
     Example:
         >>> import numpy as np
@@ -92,6 +93,7 @@ def load_cls_labels(source: str | os.PathLike | Mapping[Any, Any], num_classes: 
         >>> list(d), d["2007_000032"][:3].tolist()
         (['2007_000032'], [1.0, 0.0, 0.0])
     """
+    where = "cls_labels"
     if isinstance(source, Mapping):
         raw: Any = source
     else:
@@ -106,12 +108,14 @@ def load_cls_labels(source: str | os.PathLike | Mapping[Any, Any], num_classes: 
         if not isinstance(raw, Mapping):
             raise ValueError(f"cls_labels file {path}: expected a pickled dict name -> (K,) vector, "
                              f"got {type(raw).__name__}")
+        where = f"cls_labels file {path}: entry"
     out: dict[str, np.ndarray] = {}
     for key, value in raw.items():
         vec = np.asarray(value, dtype=np.float32).reshape(-1)
         if vec.shape != (num_classes,) or not np.isin(vec, (0.0, 1.0)).all():
-            raise ValueError(f"cls_labels[{key!r}]: expected a ({num_classes},) vector in {{0, 1}}, "
-                             f"got shape {np.asarray(value).shape} values {np.unique(vec)[:5].tolist()}")
+            raise ValueError(f"{where}[{key!r}]: expected a ({num_classes},) vector in {{0, 1}} (K = "
+                             f"{num_classes} classes), got shape {np.asarray(value).shape} values "
+                             f"{np.unique(vec)[:5].tolist()}")
         out[_canonical_voc_name(key)] = vec
     return out
 
@@ -154,7 +158,9 @@ class VOCSegmentation(SegmentationDataset):
         list_file: explicit list-file path overriding ``split`` (e.g. AFA's ``datasets/voc/train_aug.txt``).
         transform: sample transform (see :mod:`wsseg.data.transforms`); default
             :func:`~wsseg.data.transforms.eval_transform`.
-        class_names: foreground class names (default the 20 VOC classes).
+        class_names: the K foreground class names (default the 20 VOC classes); entry ``k`` is mask
+            value ``k + 1``. For another VOC-layout set read them with
+            :func:`~wsseg.data.class_names.read_class_names`.
 
     Shape:
         - sample ``image``: :math:`(3, H, W)` float32; ``mask``, ``valid``: :math:`(H, W)`;
@@ -163,8 +169,11 @@ class VOCSegmentation(SegmentationDataset):
     Raises:
         FileNotFoundError: if ``root``, ``JPEGImages``, the mask folder, the list file or
             ``cls_labels`` is missing; on access, if an image/mask file is missing (named).
-        ValueError: if ``cls_labels`` lacks a name of the split, or ``mask_dir=None`` without
-            ``cls_labels``; on access, if a mask is corrupt or holds values outside ``{0..K, 255}``.
+        TypeError: if ``class_names`` is a string or path instead of a sequence of names.
+        ValueError: if the list file (named) is empty, ``cls_labels`` (named) lacks a name of the
+            split, ``class_names`` is empty or repeats a name, or ``mask_dir=None`` without
+            ``cls_labels``; on access (and in :meth:`check_masks`), if a mask is corrupt or holds values
+            outside ``{0..K, 255}``.
 
     Example:
         >>> ds = wsseg.data.SyntheticShapes(num_images=2, size=32)  # VOC needs files; same interface
@@ -190,9 +199,16 @@ class VOCSegmentation(SegmentationDataset):
         self.image_dir = self.root / "JPEGImages"
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"root: expected an image folder {self.image_dir}")
+        if isinstance(class_names, (str, bytes, os.PathLike)):
+            raise TypeError("class_names: expected a sequence of names, got a single "
+                            f"{type(class_names).__name__} {str(class_names)!r:.80}; to read a class-list file use "
+                            "wsseg.data.read_class_names(path)")
         if len(class_names) == 0:
             raise ValueError("class_names: expected at least one class name, got none")
-        self.class_names = tuple(class_names)
+        self.class_names = tuple(str(n) for n in class_names)
+        repeated = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"class_names: names must be unique, {repeated[:3]} repeat")
         if mask_dir is None:
             self.mask_dir = None
             if cls_labels is None:
@@ -204,14 +220,16 @@ class VOCSegmentation(SegmentationDataset):
         self.split = split
         list_path = Path(list_file) if list_file is not None else \
             self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        self.list_file = list_path
         self.names = _read_list(list_path)
         self.cls_labels: dict[str, np.ndarray] | None = None
         if cls_labels is not None:
             table = load_cls_labels(cls_labels, self.num_classes)
             missing = [n for n in self.names if n not in table]
             if missing:
-                raise ValueError(f"cls_labels: no entry for {len(missing)} image(s) of the split, e.g. "
-                                 f"{missing[:3]}")
+                source = "cls_labels" if isinstance(cls_labels, Mapping) else f"cls_labels file {cls_labels}"
+                raise ValueError(f"{source}: no entry for {len(missing)} of the {len(self.names)} image(s) of "
+                                 f"the split list {list_path}, e.g. {missing[:3]}")
             self.cls_labels = {n: table[n] for n in self.names}
 
     def load_image(self, index: int) -> np.ndarray:
@@ -228,9 +246,58 @@ class VOCSegmentation(SegmentationDataset):
         mask = read_mask(path)
         bad = (mask > self.num_classes) & (mask != 255)
         if bad.any():
-            raise ValueError(f"mask file {path}: values must be in {{0..{self.num_classes}, 255}}, "
-                             f"found {np.unique(mask[bad])[:5].tolist()}")
+            raise ValueError(f"mask file {path}: values must be in {{0..{self.num_classes}, 255}} for the "
+                             f"{self.num_classes} classes of class_names, found "
+                             f"{np.unique(mask[bad])[:5].tolist()}: the class list does not match the masks "
+                             "(another class-names file, or a background line counted as a class?)")
         return mask
+
+    def check_masks(self, num: int | None = 8) -> int:
+        """Read the first ``num`` masks and check their values against the class list (a start-up check).
+
+        A mask value above K (other than 255) means ``class_names`` does not describe the masks;
+        catching it here costs a few PNG reads instead of failing mid-training. Every access still
+        checks its own mask.
+
+        Args:
+            num: how many masks to read, from the start of the split (``None``: all of them).
+
+        Returns:
+            The number of masks read (0 when ``mask_dir=None``).
+
+        Raises:
+            ValueError: naming the mask file and K, if a mask holds values outside ``{0..K, 255}``;
+                if ``num`` is below 1.
+            TypeError: if ``num`` is neither an int nor ``None``.
+            FileNotFoundError: if one of those mask files is missing.
+
+        Example:
+            >>> import shutil, tempfile
+            >>> from pathlib import Path
+            >>> root = Path(tempfile.mkdtemp())
+            >>> for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            ...     (root / sub).mkdir(parents=True)
+            >>> Image.new("RGB", (4, 4)).save(root / "JPEGImages" / "a.jpg")
+            >>> Image.fromarray(np.full((4, 4), 3, np.uint8)).save(root / "SegmentationClass" / "a.png")
+            >>> _ = (root / "ImageSets/Segmentation/train.txt").write_text("a\\n")
+            >>> VOCSegmentation(root, class_names=("cat", "dog", "cow")).check_masks()
+            1
+            >>> VOCSegmentation(root, class_names=("cat", "dog")).check_masks()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: mask file .../a.png: values must be in {0..2, 255} for the 2 classes of class_names, ...
+            >>> shutil.rmtree(root)
+        """
+        if num is not None and (isinstance(num, bool) or not isinstance(num, int)):
+            raise TypeError(f"num: expected an int or None, got {type(num).__name__}")
+        if num is not None and num < 1:
+            raise ValueError(f"num: expected a positive int or None, got {num}")
+        if self.mask_dir is None:
+            return 0
+        count = len(self) if num is None else min(num, len(self))
+        for i in range(count):
+            self.load_mask(i)
+        return count
 
     def get_label(self, index: int) -> np.ndarray:
         """The image-level label ``float32`` ``(K,)``: from ``cls_labels`` or derived from the mask."""
