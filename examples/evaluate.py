@@ -1,10 +1,16 @@
 #!/usr/bin/env python
-"""Evaluate a TSCD checkpoint written by ``examples/train_scd.py``: multi-scale + flip inference, optional CRF.
+"""Evaluate any method's checkpoint written by the training engine: multi-scale + flip inference, optional CRF.
 
 ::
 
-    python examples/evaluate.py runs/train_scd/checkpoint.pt                 # same data as training
-    python examples/evaluate.py CKPT --dataset voc --root VOC2012 --split val --crf
+    python examples/evaluate.py runs/train_tscd/checkpoint.pt          # the run's evaluation split
+    python examples/evaluate.py CKPT --split val --crf                 # another split of the same data
+    python examples/evaluate.py CKPT --dataset voc --root VOC2012 --split val --mask-dir SegmentationClass
+
+The checkpoint records the method, its recipe and the training command line; the model and the data
+set-up (dataset, root, class list, cls_labels, masks) are rebuilt from them, and any data flag given
+here overrides the recorded one. ``--split`` selects the split that is scored (default: the run's
+``--eval-split``).
 
 Protocol (preset ``tscd`` = AFA's ``scripts/test_msc_flip.py``): the image's long side is resized to 512
 (``--long-side`` overrides it, e.g. 224 for speed on CPU), scales {1, 0.5, 0.75} each with its horizontal
@@ -28,23 +34,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import wsseg
-from wsseg.data import COCOSegmentation, SyntheticShapes, VOCSegmentation, eval_transform
 from wsseg.layers import multi_scale_inference
 from wsseg.layers.multi_scale_inference import MULTI_SCALE_INFERENCE_PRESETS
 from wsseg.metrics import DualMIoU, SegmentationMetric, filter_logits_by_labels
-from wsseg.training import load_checkpoint, progress
+from wsseg.training import load_checkpoint, progress, unwrap_model
+from wsseg.training.cli import METHODS, build_datasets, build_parser
 from wsseg.utils.image import denormalize
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint.pt written by train_scd.py")
+    p.add_argument("checkpoint", help="checkpoint.pt written by the training engine (examples/train_*.py)")
     p.add_argument("--dataset", choices=["synthetic", "voc", "coco"], default=None,
                    help="default: the training dataset recorded in the checkpoint")
     p.add_argument("--root", default=None)
-    p.add_argument("--split", default=None, help="VOC split (default: the training split)")
+    p.add_argument("--split", default=None, help="split to score (default: the run's --eval-split)")
+    p.add_argument("--mask-dir", default=None)
+    p.add_argument("--cls-labels", default=None)
+    p.add_argument("--class-names", default=None)
     p.add_argument("--coco-classes", choices=["voc", "all"], default=None)
     p.add_argument("--preset", default="tscd", choices=sorted(MULTI_SCALE_INFERENCE_PRESETS))
     p.add_argument("--single-scale", action="store_true", help="one pass at scale 1, no flip")
@@ -58,20 +66,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_dataset(args, train_args: dict):
-    dataset = args.dataset or train_args.get("dataset", "synthetic")
-    tf = eval_transform(None)
-    if dataset == "synthetic":
-        return SyntheticShapes(num_images=train_args.get("synthetic_images", 96),
-                               size=train_args.get("synthetic_size", 96),
-                               num_classes=train_args.get("synthetic_classes", 3), seed=0, transform=tf)
-    root = args.root or train_args.get("root")
-    if root is None:
-        raise SystemExit("--root is required")
-    if dataset == "voc":
-        return VOCSegmentation(root, args.split or train_args.get("split", "train"), transform=tf)
-    return COCOSegmentation(root, classes=args.coco_classes or train_args.get("coco_classes", "voc"),
-                            skip_unlabeled=True, transform=tf)
+def rebuild(args, ckpt: dict):
+    """The method, its model and the dataset to score, from what the checkpoint recorded."""
+    extra = ckpt.get("extra", {})
+    name = extra.get("method", "tscd")
+    if name not in METHODS:
+        raise SystemExit(f"{args.checkpoint}: unknown method {name!r} (known: {sorted(METHODS)})")
+    spec = METHODS[name]
+    recorded = extra.get("args", {})
+    if not recorded.get("backbone") or not recorded.get("decoder_dim"):
+        raise SystemExit(f"{args.checkpoint}: no backbone / decoder_dim recorded (not written by the training engine?)")
+    train_args = build_parser(spec).parse_args([])            # defaults of every data flag
+    vars(train_args).update(recorded)
+    for key in ("dataset", "root", "mask_dir", "cls_labels", "class_names", "coco_classes"):
+        if getattr(args, key) is not None:
+            setattr(train_args, key, getattr(args, key))
+    if args.split is not None:
+        train_args.pseudo_split = train_args.eval_split = args.split
+        train_args.list_file = None
+    recipe = spec.recipe_cls(**{k: (tuple(v) if isinstance(v, list) else v)
+                                for k, v in extra.get("recipe", {}).items()})
+    method = spec.method_cls(recipe)
+    try:
+        data = build_datasets(train_args, recipe)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from err
+    model = method.build_model(data["seg_set"].num_classes, backbone=recorded["backbone"],
+                               decoder_dim=recorded["decoder_dim"])
+    return method, model, data["seg_set"], data["seg_split"]
 
 
 def main(argv=None) -> dict:
@@ -80,12 +102,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    train_args = ckpt.get("extra", {}).get("args", {})
-    dataset = build_dataset(args, train_args)
-    if not train_args.get("backbone") or not train_args.get("decoder_dim"):
-        raise SystemExit(f"{args.checkpoint}: no backbone / decoder_dim recorded (not written by train_scd.py?)")
-    backbone, decoder_dim = train_args["backbone"], train_args["decoder_dim"]
-    model = wsseg.create_model("tscd", backbone=backbone, num_classes=dataset.num_classes, decoder_dim=decoder_dim)
+    method, model, dataset, split = rebuild(args, ckpt)
     device = torch.device(args.device)
     load_checkpoint(args.checkpoint, model, map_location="cpu", restore_rng=False)
     model.to(device).eval()
@@ -110,7 +127,9 @@ def main(argv=None) -> dict:
     crf_m, crf_f = SegmentationMetric(C), SegmentationMetric(C)
 
     def logit_fn(x):
-        return model(model.fit_input(x)).seg
+        core = unwrap_model(model)
+        fit = getattr(core, "fit_input", None) or (lambda t: t)
+        return core(fit(x)).seg
 
     n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
     with torch.no_grad():
@@ -127,6 +146,8 @@ def main(argv=None) -> dict:
     res = seg.compute()
     out = {
         "checkpoint": str(args.checkpoint),
+        "method": method.name,
+        "split": split,
         "num_images": n,
         "protocol": {"preset": args.preset, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in preset.items()}},
         "seg_miou": res["miou"],
@@ -138,7 +159,7 @@ def main(argv=None) -> dict:
     }
     print(f"[{args.preset}{' single-scale' if args.single_scale else ' multi-scale+flip'}] "
           f"seg mIoU unfiltered: {100 * res['miou']:.2f} | GT-label-filtered: {100 * res['miou_filtered']:.2f} "
-          f"({n} images)")
+          f"({method.name}, {split}: {n} images)")
     if crf is not None:
         out["crf_miou"] = crf_m.compute()["miou"]
         out["crf_miou_filtered"] = crf_f.compute()["miou"]

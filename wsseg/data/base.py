@@ -69,6 +69,15 @@ class SegmentationDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.sample(index)
+
+    def sample(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Item ``index`` with the transform's randomness drawn from ``rng`` (``None``: the transform's own
+        generator). The training engine passes a generator seeded per (seed, epoch, index), so a sample's
+        augmentation does not depend on what was loaded before (exact resume, any ``num_workers``).
+        Transforms that are not wsseg transforms are called without ``rng``."""
+        from .transforms import _Transform
+
         index = self._check_index(index)
         image, mask = self.load_image(index), self.load_mask(index)
         if mask.shape != image.shape[:2]:
@@ -81,7 +90,7 @@ class SegmentationDataset(Dataset):
             if SegmentationDataset._default_transform is None:
                 SegmentationDataset._default_transform = eval_transform()
             transform = SegmentationDataset._default_transform
-        out = transform(sample)
+        out = transform(sample, rng=rng) if rng is not None and isinstance(transform, _Transform) else transform(sample)
         if not isinstance(out, dict) or not isinstance(out.get("image"), torch.Tensor):
             raise TypeError("transform: expected it to return a dict whose 'image' is a torch.Tensor "
                             f"(end the pipeline with ToTensor()), got {type(out).__name__}")

@@ -1,4 +1,5 @@
-"""Training recipes (the per-iteration loss composition of each method) and generic loop helpers."""
+"""The shared training engine (:class:`Trainer`, DDP, AMP, exact resume, evaluation), the protocol a
+method implements (:class:`TrainingMethod`), the methods' recipes and loop helpers."""
 
 from .loop import (
     CSVLogger,
@@ -11,20 +12,40 @@ from .loop import (
     save_checkpoint,
     seed_everything,
 )
-from .tscd import TSCDRecipe, TSCDTrainingStep, fit_to_stride, tscd_training_step
+from .distributed import DistributedEnv, all_reduce_sum, barrier, cleanup_distributed, init_distributed, unwrap_model
+from .evaluation import evaluate_method, format_summary
+from .method import TrainingMethod
+from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
+from .trainer import TrainConfig, Trainer
+from .tscd import TSCDMethod, TSCDRecipe, TSCDTrainingStep, fit_to_stride, tscd_training_step
 
 __all__: list[str] = [
     "CSVLogger",
+    "DistributedEnv",
+    "ResumableDistributedSampler",
+    "SeededSamples",
+    "TSCDMethod",
     "TSCDRecipe",
     "TSCDTrainingStep",
+    "TrainConfig",
+    "Trainer",
+    "TrainingMethod",
+    "all_reduce_sum",
+    "barrier",
     "build_optimizer",
     "build_scheduler",
+    "cleanup_distributed",
+    "collate_samples",
+    "evaluate_method",
     "fit_to_stride",
+    "format_summary",
     "infinite_loader",
+    "init_distributed",
     "load_checkpoint",
     "move_batch",
     "progress",
     "save_checkpoint",
     "seed_everything",
     "tscd_training_step",
+    "unwrap_model",
 ]

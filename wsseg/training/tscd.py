@@ -13,8 +13,10 @@ from torch import Tensor, nn
 
 from ..utils.image import denormalize
 from ..utils.validation import check_labels, check_tensor
+from .distributed import unwrap_model
+from .method import TrainingMethod
 
-__all__ = ["TSCDRecipe", "TSCDTrainingStep", "fit_to_stride", "tscd_training_step"]
+__all__ = ["TSCDMethod", "TSCDRecipe", "TSCDTrainingStep", "fit_to_stride", "tscd_training_step"]
 
 _RECIPES = ("tscd", "cam")
 _TEACHER_MODES = ("train", "eval")
@@ -396,6 +398,7 @@ class TSCDTrainingStep:
         """Multi-scale + flip, min–max normalised CAM (no grad) of ``images`` at their own resolution."""
         from ..layers import multi_scale_cam
 
+        model = unwrap_model(model)
         fit = _fit_fn(model)
 
         def cam_fn(x: Tensor) -> Tensor:
@@ -435,7 +438,8 @@ class TSCDTrainingStep:
         check_tensor(y, "batch['label']", ndim=2, dims="(B, K)")
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"batch['label']: expected (B, K) with B={x.shape[0]}, got shape {tuple(y.shape)}")
-        if out_k := getattr(model, "num_classes", None):
+        core = unwrap_model(model)  # DDP / compiled wrappers: attributes live on the plain module
+        if out_k := getattr(core, "num_classes", None):
             check_labels(y, "batch['label']", x.shape[0], out_k)
         y = y.to(x.dtype)
         valid = batch.get("valid")
@@ -465,7 +469,7 @@ class TSCDTrainingStep:
         # 3.-4. second view and SCD
         if r.w_scd > 0:
             x2 = F.interpolate(x, scale_factor=r.scd_scale, mode="bilinear", align_corners=True)
-            out2 = model(_fit_fn(model)(x2))
+            out2 = model(_fit_fn(core)(x2))
             cam2 = self.teacher_cam(model, x2)
             seg2 = _upsample(out2.seg, x2.shape[-2:])
             l_scd = self.scd_loss(cam, cam2, seg, seg2, labels=y if r.scd_mask_absent_classes else None)
@@ -477,8 +481,8 @@ class TSCDTrainingStep:
         if r.w_aff > 0:
             from ..pseudo import affinity_label
 
-            grid = _token_grid(model, out.aff, x)
-            aff_target = affinity_label(pseudo, stride=model.stride, radius=r.aff_radius, grid_size=grid)
+            grid = _token_grid(core, out.aff, x)
+            aff_target = affinity_label(pseudo, stride=core.stride, radius=r.aff_radius, grid_size=grid)
             l_aff = self.aff_loss(out.aff, aff_target)
             loss = loss + r.w_aff * l_aff
             logs["loss_aff"] = float(l_aff.detach())
@@ -540,3 +544,60 @@ def tscd_training_step(model: nn.Module, batch: Mapping[str, Tensor], step: int,
         SCD-AAAI2023/scripts/dist_train_voc.py.
     """
     return TSCDTrainingStep(recipe)(model, batch, step)
+
+
+class TSCDMethod(TrainingMethod):
+    """TSCD on the shared training engine: :class:`TSCDTrainingStep` plus the model builder and inference.
+
+    ``recipe.recipe == "cam"`` gives the classification-only CAM baseline (same model, data and schedule).
+    DDP runs with ``find_unused_parameters=True`` as the official launcher does (the second view's
+    classification and affinity outputs, and everything but the classifier during the
+    classification-only phase, receive no gradient).
+
+    Args:
+        recipe: a :class:`TSCDRecipe` (default: the official one).
+
+    Example:
+        >>> m = TSCDMethod(TSCDRecipe(crop_size=64, iters=4, cam_iters=0))
+        >>> net = m.build_model(2, backbone="mit_b0", decoder_dim=8)
+        >>> batch = {"image": torch.randn(1, 3, 64, 64), "label": torch.tensor([[1.0, 0.0]])}
+        >>> loss, logs = m.training_step(net, batch, step=0)
+        >>> m.pseudo_label(net, batch["image"], batch["label"]).shape
+        torch.Size([1, 64, 64])
+
+    Source:
+        TSCD, Xu et al. AAAI 2023; github.com/Rongtao-Xu/RepresentationLearning,
+        SCD-AAAI2023/scripts/dist_train_voc.py.
+    """
+
+    name = "tscd"
+    find_unused_parameters = True
+    log_keys = ("loss", "loss_cls", "loss_seg", "loss_reg", "loss_aff", "loss_scd", "pseudo_ignore_frac",
+                "pseudo_fg_frac")
+
+    def __init__(self, recipe: TSCDRecipe | None = None) -> None:
+        recipe = TSCDRecipe() if recipe is None else recipe
+        if not isinstance(recipe, TSCDRecipe):
+            raise TypeError(f"recipe: expected a TSCDRecipe, got {type(recipe).__name__}")
+        super().__init__(recipe)
+        self.step_fn = TSCDTrainingStep(recipe)
+
+    def build_model(self, num_classes: int, **kwargs: Any) -> nn.Module:
+        """``create_model("tscd", num_classes=..., **kwargs)`` (``backbone``, ``weights``, ``decoder_dim``)."""
+        from ..models import create_model
+
+        return create_model("tscd", num_classes=num_classes, **kwargs)
+
+    def training_step(self, model: nn.Module, batch: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        """One TSCD iteration (:class:`TSCDTrainingStep`)."""
+        return self.step_fn(model, batch, step)
+
+    def cam(self, model: nn.Module, images: Tensor) -> Tensor:
+        """The multi-scale + flip teacher CAM (:meth:`TSCDTrainingStep.teacher_cam`)."""
+        return self.step_fn.teacher_cam(model, images)
+
+    def pseudo_label(self, model: nn.Module, images: Tensor, labels: Tensor, valid: Tensor | None = None,
+                     cam: Tensor | None = None) -> Tensor:
+        """VARM dual-threshold label (``tscd``) or the CAM at ``cam_eval_threshold`` (``cam``)."""
+        cam = self.cam(model, images) if cam is None else cam
+        return self.step_fn.pseudo_label_from_cam(cam, images, labels, valid)
