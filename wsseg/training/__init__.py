@@ -12,7 +12,7 @@ from .loop import (
     save_checkpoint,
     seed_everything,
 )
-from .distributed import DistributedEnv, all_reduce_sum, barrier, cleanup_distributed, init_distributed, unwrap_model
+from .distributed import DistributedEnv, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed, init_distributed, unwrap_model
 from .evaluation import evaluate_method, format_summary
 from .method import TrainingMethod
 from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
@@ -32,6 +32,7 @@ __all__: list[str] = [
     "TrainingMethod",
     "all_reduce_sum",
     "barrier",
+    "broadcast_buffers",
     "build_optimizer",
     "build_scheduler",
     "cleanup_distributed",

@@ -18,6 +18,7 @@ __all__ = [
     "DistributedEnv",
     "all_reduce_sum",
     "barrier",
+    "broadcast_buffers",
     "cleanup_distributed",
     "init_distributed",
     "unwrap_model",
@@ -135,6 +136,22 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     tensor.copy_(buf.to(tensor.device))
     return tensor
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank (no-op for one process).
+
+    DDP broadcasts buffers only at the start of a wrapped forward; passes made on the unwrapped module
+    (the teacher CAM passes in train mode) update each rank's statistics locally. The engine calls this
+    before evaluating and checkpointing so that every rank evaluates the weights the checkpoint holds.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buf in module.buffers():
+        comm = buf if dist.get_backend() == "nccl" or buf.device.type == "cpu" else buf.cpu()
+        dist.broadcast(comm, src)
+        if comm is not buf:
+            buf.copy_(comm)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

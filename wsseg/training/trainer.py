@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import DistributedEnv, barrier, init_distributed, unwrap_model
+from .distributed import DistributedEnv, barrier, broadcast_buffers, init_distributed, unwrap_model
 from .evaluation import evaluate_method, format_summary
 from .loop import CSVLogger, load_checkpoint, move_batch, progress, save_checkpoint
 from .method import TrainingMethod
@@ -366,6 +366,9 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module, step: int, *, num_vis: int, writer=None) -> dict[str, Any]:
         cfg, env = self.config, self.env
+        if self.pseudo_set is None and self.seg_set is None:
+            return {"step": step}
+        broadcast_buffers(unwrap_model(model))  # every rank evaluates rank 0's (the checkpoint's) statistics
         res = evaluate_method(self.method, model, pseudo_set=self.pseudo_set, seg_set=self.seg_set,
                               pseudo_split=self.pseudo_split, seg_split=self.seg_split, device=env.device,
                               eval_long_side=cfg.eval_long_side, max_images=cfg.max_eval_images,
