@@ -34,7 +34,7 @@ def voc_palette(n: int = 256) -> np.ndarray:
     r"""The PASCAL VOC colour map: ``n`` RGB colours built from the bits of the class index.
 
     Colour ``i`` takes bit :math:`3j + k` of ``i`` (:math:`k` = 0, 1, 2 for R, G, B) into bit
-    :math:`7 - j` of the channel, for :math:`j = 0..7`. Index 0 is black, 1 is (128, 0, 0), 255 is
+    :math:`7 - j` of the channel, for :math:`j = 0, \dots, 7`. Index 0 is black, 1 is (128, 0, 0), 255 is
     (224, 224, 192) — the VOC "ignore"/boundary colour.
 
     Args:
@@ -204,7 +204,8 @@ def make_panel(images: Sequence, titles: Sequence[str] | None = None, *, gap: in
     Example:
         >>> import numpy as np
         >>> from wsseg.viz import make_panel
-        >>> panel = make_panel([np.zeros((8, 8, 3), np.uint8), np.ones((6, 5), np.int64)], titles=["a", "b"])
+        >>> tiles = [np.zeros((8, 8, 3), np.uint8), np.ones((6, 5), np.int64)]
+        >>> panel = make_panel(tiles, titles=["a", "b"])
         >>> panel.size
         (17, 22)
     """

@@ -49,7 +49,7 @@ def split_norm_parameters(module: nn.Module) -> tuple[list[nn.Parameter], list[n
     (LayerNorm, GroupNorm, BatchNorm / SyncBatchNorm / InstanceNorm, RMSNorm). For the MiT encoder
     this is exactly the set the official TSCD / AFA code selects with ``"norm" in name``
     (patch-embed norms, block ``norm1``/``norm2``, spatial-reduction ``attn.norm`` and the stage
-    norms ``norm1``..``norm4``); TSCD trains that group with learning rate 0 and no weight decay.
+    norms ``norm1`` … ``norm4``); TSCD trains that group with learning rate 0 and no weight decay.
 
     Args:
         module: any module.

@@ -200,16 +200,16 @@ class MixTransformer(nn.Module):
     ``strides[0]`` for stage 1; 3×3, stride ``strides[i]`` after) followed by LayerNorm, then runs
     ``depths[i]`` pre-norm blocks of efficient self-attention and Mix-FFN, and ends with a stage
     LayerNorm (``norm1`` .. ``norm4``). Efficient self-attention computes keys/values from the token
-    grid reduced by an ``sr``×``sr`` strided conv + LayerNorm (``sr = sr_ratios[i]``):
+    grid reduced by an ``sr × sr`` strided conv + LayerNorm (``sr = sr_ratios[i]``):
 
     .. math::
 
-        L = q k^\\top \\in \\mathbb{R}^{N_q \\times N_k},\\qquad
-        \\mathrm{Attn}(x) = \\mathrm{softmax}(L / \\sqrt{d})\\, v,\\qquad
-        \\mathrm{MixFFN}(x) = \\mathrm{fc}_2(\\mathrm{GELU}(\\mathrm{DWConv}_{3\\times3}(\\mathrm{fc}_1(x)))).
+        L &= q k^\\top \\in \\mathbb{R}^{N_q \\times N_k},\\qquad
+        \\mathrm{Attn}(x) = \\mathrm{softmax}(L / \\sqrt{d})\\, v, \\\\
+        \\mathrm{MixFFN}(x) &= \\mathrm{fc}_2(\\mathrm{GELU}(\\mathrm{DWConv}_{3\\times3}(\\mathrm{fc}_1(x)))).
 
     For the blocks in ``attn_indices`` the unscaled logits :math:`L` are returned; when ``sr > 1``
-    the query axis is average-pooled by ``sr``×``sr`` on its grid so the map is square
+    the query axis is average-pooled by ``sr × sr`` on its grid so the map is square
     (:math:`N_k \\times N_k`), as in the official AFA/TSCD code (under autocast this pooling runs, and
     returns, in float32). Blocks not selected use fused
     scaled-dot-product attention (same result up to floating-point rounding).
@@ -242,22 +242,22 @@ class MixTransformer(nn.Module):
             keys dropped).
 
     Shape:
-        - Input: :math:`(B, \\text{in\\_chans}, H, W)`, float, ImageNet-normalised.
-        - features[i]: :math:`(B, \\text{embed\\_dims}[i], H_i, W_i)`, :math:`H_i \\approx H /
-          \\text{out\\_strides}[i]` (each conv of stride s with padding k//2 maps n to
+        - Input: :math:`(B, \\text{in_chans}, H, W)`, float, ImageNet-normalised.
+        - features[i]: :math:`(B, \\text{embed_dims}[i], H_i, W_i)`, :math:`H_i \\approx H /
+          \\text{out_strides}[i]` (each conv of stride s with padding k//2 maps n to
           :math:`\\lfloor (n - 1)/s \\rfloor + 1`).
         - attn_logits[j]: :math:`(B, \\text{heads}, N_k, N_k)`, :math:`N_k = \\lfloor H_i/sr
           \\rfloor \\lfloor W_i/sr \\rfloor` of the block's stage (for stage 4, sr = 1:
           :math:`N = H_4 W_4`).
 
+    Raises:
+        ValueError: bad configuration (lengths, ``attn_indices`` out of range) or, in ``forward``, an
+            input ``x`` of the wrong shape or too small for the spatial reductions.
+
     Attributes:
         out_channels: ``list(embed_dims)``.
         out_strides: cumulative products of ``strides``.
         attn_heads: heads of the (last) selected attention block's stage.
-
-    Raises:
-        ValueError: bad configuration (lengths, ``attn_indices`` out of range) or, in ``forward``, an
-            input ``x`` of the wrong shape or too small for the spatial reductions.
 
     Example:
         >>> enc = wsseg.backbones.mit_b0(strides=(4, 2, 2, 1))

@@ -36,7 +36,7 @@ def qk_logits(attn: nn.Module, x: Tensor, num_prefix_tokens: int = 0) -> Tensor:
         logits over patch tokens, in the dtype of the projection (autocast-aware).
 
     Shape:
-        - x: :math:`(B, T, C)` with :math:`T = \\text{num\\_prefix\\_tokens} + N`
+        - x: :math:`(B, T, C)` with :math:`T = \\text{num_prefix_tokens} + N`
         - output: :math:`(B, \\text{heads}, N, N)`
 
     Example:
@@ -111,6 +111,11 @@ class TimmViTBackbone(nn.Module):
         - features[i]: :math:`(B, C, H/p, W/p)` with :math:`C` = ``out_channels[i]``.
         - attn_logits[j]: :math:`(B, \\text{heads}, N, N)`, :math:`N = (H/p)(W/p)`.
 
+    Raises:
+        ImportError: timm cannot be imported.
+        ValueError: bad ``out_indices`` / ``attn_indices``, non-square patches, or (in ``forward``) an
+            input ``x`` that is not ``(B, in_chans, H, W)`` with sides multiple of the patch size.
+
     Attributes:
         model: the timm model.
         out_channels: embed dim per returned map.
@@ -118,11 +123,6 @@ class TimmViTBackbone(nn.Module):
         attn_heads: attention heads of the blocks.
         patch_size: patch side in pixels.
         num_prefix_tokens: class + register tokens of the model.
-
-    Raises:
-        ImportError: timm cannot be imported.
-        ValueError: bad ``out_indices`` / ``attn_indices``, non-square patches, or (in ``forward``) an
-            input ``x`` that is not ``(B, in_chans, H, W)`` with sides multiple of the patch size.
 
     Example:
         >>> vit = wsseg.backbones.TimmViTBackbone("test_vit", attn_indices=(-1,))

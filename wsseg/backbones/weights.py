@@ -118,7 +118,8 @@ def load_weights(module: nn.Module, path: str | PathLike, *, strict: bool = True
         >>> import tempfile, os
         >>> src, dst = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
         >>> f = os.path.join(tempfile.mkdtemp(), "w.pth")
-        >>> torch.save({"model": {"module." + k: v.half() for k, v in src.state_dict().items()}}, f)
+        >>> state = {"module." + k: v.half() for k, v in src.state_dict().items()}
+        >>> torch.save({"model": state}, f)
         >>> wsseg.backbones.load_weights(dst, f)
         LoadReport(missing_keys=[], unexpected_keys=[])
         >>> dst.weight.dtype, torch.equal(dst.weight, src.weight.half().float())

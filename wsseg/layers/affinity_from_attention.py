@@ -43,7 +43,8 @@ def affinity_from_attention(attn_logits: Tensor, weight: Tensor, bias: Tensor | 
         ValueError: if ``attn_logits`` is not :math:`(B, C, N, N)` or ``weight`` is not :math:`(1, C, 1, 1)`.
 
     Example:
-        >>> a = affinity_from_attention(torch.randn(2, 4, 9, 9), torch.ones(1, 4, 1, 1), symmetrize=True)
+        >>> logits, weight = torch.randn(2, 4, 9, 9), torch.ones(1, 4, 1, 1)
+        >>> a = affinity_from_attention(logits, weight, symmetrize=True)
         >>> tuple(a.shape), torch.allclose(a, a.transpose(1, 2))
         ((2, 9, 9), True)
 

@@ -65,8 +65,8 @@ def affinity_propagation(cam: Tensor, aff: Tensor, labels: Tensor, *, stride: in
     per column; one propagation step follows and the scores are upsampled back to :math:`(H, W)`:
 
     .. math::
-        \tilde A_{ij} = \frac{(\hat A_{ij} W_{ij})^{p}}{\sum_i (\hat A_{ij} W_{ij})^{p} + \epsilon},\qquad
-        P = \mathrm{softmax}_{\{0\}\cup\{k: y_k=1\}}\big([\beta\mathbb 1, \mathrm{down}(\hat M)]\big),\qquad
+        \tilde A_{ij} &= \frac{(\hat A_{ij} W_{ij})^{p}}{\sum_i (\hat A_{ij} W_{ij})^{p} + \epsilon}, \\
+        P &= \mathrm{softmax}_{\{0\}\cup\{k: y_k=1\}}\big([\beta\mathbb 1, \mathrm{down}(\hat M)]\big),\qquad
         P'_{:,j} = \sum_i P_{:,i}\, \tilde A_{ij}
 
     with window :math:`W` (:func:`wsseg.pseudo.radius_window`), :math:`p` = ``power`` (2),

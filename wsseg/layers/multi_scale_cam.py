@@ -145,9 +145,9 @@ def fuse_multi_scale_cams(cams: Sequence[Tensor], size: tuple[int, int], labels:
     label (CoSA's "label validation" :math:`\hat M \odot y`).
 
     .. math::
-        c_s = \mathrm{ReLU}\big(\mathrm{fuse}(\mathrm{up}(M(x_s)),\
-              \mathrm{hflip}(\mathrm{up}(M(\mathrm{hflip}\,x_s))))\big), \qquad
-        \tilde M = \sum_s c_s, \qquad \hat M = \mathrm{minmax}(\tilde M)\,[\odot\, y]
+        c_s &= \mathrm{ReLU}\big(\mathrm{fuse}(\mathrm{up}(M(x_s)),\
+              \mathrm{hflip}(\mathrm{up}(M(\mathrm{hflip}\,x_s))))\big), \\
+        \tilde M &= \sum_s c_s, \qquad \hat M = \mathrm{minmax}(\tilde M)\,[\odot\, y]
 
     Computation runs in float32 with autocast disabled, so bf16 CAMs give a float32 result.
 

@@ -132,9 +132,9 @@ def multi_scale_inference(logit_fn: Callable[[Tensor], Tensor], images: Tensor, 
     result is resized bilinearly to the input ``(H, W)``:
 
     .. math::
-        Z = \operatorname*{fuse}_{s}\Big( \operatorname*{fuse}_{f\in\{\mathrm{id},\,\mathrm{flip}\}}
-        f^{-1}\big(\mathrm{resize}(g(f(x_s)))\big) \Big),\quad g = \texttt{logit\_fn}\ \text{or}\
-        \operatorname{softmax}\circ\texttt{logit\_fn}.
+        Z &= \operatorname*{fuse}_{s}\Big( \operatorname*{fuse}_{f\in\{\mathrm{id},\,\mathrm{flip}\}}
+        f^{-1}\big(\mathrm{resize}(g(f(x_s)))\big) \Big), \\
+        g &= \texttt{logit_fn}\ \text{or}\ \operatorname{softmax}\circ\texttt{logit_fn}.
 
     ``scale_fuse="max"`` is applied at the first scale's output resolution (AFA fuses at the scale-1
     logit resolution before upsampling to the label size); ``"sum"``/``"mean"`` commute with the final
@@ -179,7 +179,8 @@ def multi_scale_inference(logit_fn: Callable[[Tensor], Tensor], images: Tensor, 
         >>> head = torch.nn.Conv2d(3, 4, 1)
         >>> x = torch.randn(2, 3, 16, 16)
         >>> with torch.no_grad():
-        ...     z = multi_scale_inference(head, x, scales=(1.0, 0.5), scale_fuse="max", flip_fuse="mean")
+        ...     z = multi_scale_inference(head, x, scales=(1.0, 0.5),
+        ...                               scale_fuse="max", flip_fuse="mean")
         >>> z.shape
         torch.Size([2, 4, 16, 16])
 

@@ -47,9 +47,9 @@ def pamr(image: Tensor, probs: Tensor, *, dilations: Sequence[int] = _DEFAULT_DI
 
     .. math::
 
-        a_k(p) = -\frac{1}{3}\sum_c \frac{|I_c(p + o_k) - I_c(p)|}{\epsilon + s\,\sigma_c(p)},
-        \qquad W_k(p) = \operatorname{softmax}_k a_k(p), \qquad
-        Q \leftarrow \sum_k N_k(Q) \odot W_k \quad (T = \texttt{num_iter} \text{ times}),
+        a_k(p) &= -\frac{1}{3}\sum_c \frac{|I_c(p + o_k) - I_c(p)|}{\epsilon + s\,\sigma_c(p)},
+        \qquad W_k(p) = \operatorname{softmax}_k a_k(p), \\
+        Q &\leftarrow \sum_k N_k(Q) \odot W_k \quad (T = \texttt{num_iter} \text{ times}),
 
     with ``s = sigma_scale`` (0.1). Unlike PAR there is no square and no positional term, and the kernel
     sums to exactly 1 (the mass of ``Q`` is preserved). Scale-invariant in ``I`` (up to ``eps``).

@@ -57,10 +57,10 @@ def pixel_adaptive_refine(image: Tensor, probs: Tensor, *, dilations: Sequence[i
     .. math::
 
         a_k(p) &= -\frac{1}{3}\sum_c \left(\frac{|I_c(p + o_k) - I_c(p)|}
-                  {(\sigma_c(p) + \epsilon)\, w_{app}}\right)^2, \qquad
-        b_k = -\left(\frac{\delta_k}{(\sigma_\delta + \epsilon)\, w_{app}}\right)^2 \\
-        W_k(p) &= \operatorname{softmax}_k a_k(p) + w_{pos}\, \operatorname{softmax}_k b_k, \qquad
-        Q \leftarrow \sum_k N_k(Q) \odot W_k \quad (T = \texttt{num_iter} \text{ times}).
+                  {(\sigma_c(p) + \epsilon)\, w_{app}}\right)^2, \\
+        b_k &= -\left(\frac{\delta_k}{(\sigma_\delta + \epsilon)\, w_{app}}\right)^2, \\
+        W_k(p) &= \operatorname{softmax}_k a_k(p) + w_{pos}\, \operatorname{softmax}_k b_k, \\
+        Q &\leftarrow \sum_k N_k(Q) \odot W_k \quad (T = \texttt{num_iter} \text{ times}).
 
     ``probs`` is first resized to the image size (bilinear, ``align_corners=True``). Every channel is
     refined independently with the same kernel, so a zero channel stays zero.
@@ -103,7 +103,8 @@ def pixel_adaptive_refine(image: Tensor, probs: Tensor, *, dilations: Sequence[i
         >>> out = wsseg.layers.pixel_adaptive_refine(image, probs, num_iter=3)
         >>> out.shape
         torch.Size([2, 4, 32, 32])
-        >>> torch.allclose(out.sum(dim=1), torch.full((2, 32, 32), 1.01 ** 3))  # mass grows by 1.01
+        >>> # the mass grows by 1.01 per iteration
+        >>> torch.allclose(out.sum(dim=1), torch.full((2, 32, 32), 1.01 ** 3))
         True
 
     Source:

@@ -136,7 +136,8 @@ class SegFormerHead(nn.Module):
 
     Example:
         >>> head = SegFormerHead([64, 128, 320, 512], num_classes=21, embed_dim=32)
-        >>> feats = [torch.rand(2, c, s, s) for c, s in zip([64, 128, 320, 512], [16, 8, 4, 4])]
+        >>> sizes = zip([64, 128, 320, 512], [16, 8, 4, 4])
+        >>> feats = [torch.rand(2, c, s, s) for c, s in sizes]
         >>> head(feats).shape
         torch.Size([2, 21, 16, 16])
 
@@ -174,6 +175,7 @@ class SegFormerHead(nn.Module):
         self.pred = nn.Conv2d(self.embed_dim, self.num_classes, 1)
 
     def forward(self, features: list[Tensor]) -> Tensor:
+        """Segmentation logits ``(B, C, h_0, w_0)`` from the feature maps (first = highest resolution)."""
         _check_features(features, self.in_channels)
         return segformer_head(features, [m.weight for m in self.proj], [m.bias for m in self.proj],
                               self.fuse, self.pred, align_corners=self.align_corners)

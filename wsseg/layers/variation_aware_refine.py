@@ -83,8 +83,8 @@ def variation_aware_refine(image: Tensor, probs: Tensor, *, dilations: Sequence[
                   \right)^2 \\
         V_k(p) &= \frac{1}{3}\sum_c \left[(J_{k,c}(p) - J_{k,c}(p + e_{row}))^2
                   + (J_{k,c}(p) - J_{k,c}(p + e_{col}))^2\right] \\
-        W_k(p) &= \operatorname{softmax}_k a_k(p) - w\, \operatorname{softmax}_k V_k(p), \qquad
-        Q \leftarrow \sum_k N_k(Q) \odot W_k \quad (T = \texttt{num_iter} \text{ times}),
+        W_k(p) &= \operatorname{softmax}_k a_k(p) - w\, \operatorname{softmax}_k V_k(p), \\
+        Q &\leftarrow \sum_k N_k(Q) \odot W_k \quad (T = \texttt{num_iter} \text{ times}),
 
     where on the last row (column) of the frame the forward difference is 0. ``probs`` is first resized
     to the image size (bilinear, ``align_corners=True``). Every channel is refined independently with the
@@ -97,7 +97,7 @@ def variation_aware_refine(image: Tensor, probs: Tensor, *, dilations: Sequence[
     differences make ``V`` — and hence VARM — not exactly equivariant to image flips, unlike PAR and
     PAMR (exact with ``variation_weight=0``). Unlike the appearance term,
     ``V`` depends on the intensity scale, so pass the image in [0, 1] (TSCD de-normalises with uint8
-    truncation, see :func:`wsseg.utils.image.denormalize`).
+    truncation, see :func:`wsseg.utils.denormalize`).
 
     Options (wsseg additions, [assumed] semantics): ``clip_negative=True`` clamps ``W`` at 0;
     ``renormalize=True`` divides ``W`` by :math:`\sum_k W_k` so that it sums to 1. With both, the clamp
@@ -138,7 +138,8 @@ def variation_aware_refine(image: Tensor, probs: Tensor, *, dilations: Sequence[
         >>> out = wsseg.layers.variation_aware_refine(image, probs, num_iter=3)
         >>> out.shape
         torch.Size([2, 4, 32, 32])
-        >>> torch.allclose(out.sum(dim=1), torch.full((2, 32, 32), 0.99 ** 3))  # mass shrinks by 0.99
+        >>> # the mass shrinks by 0.99 per iteration
+        >>> torch.allclose(out.sum(dim=1), torch.full((2, 32, 32), 0.99 ** 3))
         True
 
     Source:

@@ -94,7 +94,8 @@ class AffinityLoss(nn.Module):
 
     Example:
         >>> loss = AffinityLoss()
-        >>> round(loss(torch.full((1, 2, 2), 0.5), torch.tensor([[[1, 0], [0, 1]]])).item(), 4)  # 2 * 0.5 * 1.0 / 3
+        >>> pred, target = torch.full((1, 2, 2), 0.5), torch.tensor([[[1, 0], [0, 1]]])
+        >>> round(loss(pred, target).item(), 4)  # 2 * 0.5 * 1.0 / 3
         0.3333
 
     Source:

@@ -27,7 +27,7 @@ def balanced_segmentation_loss(
     The segmentation loss of AFA / TSCD / CoSA. The logits are bilinearly upsampled to the label size
     (when the sizes differ), the per-pixel cross-entropy :math:`\mathrm{CE}(p)` is computed, optionally
     multiplied by a per-pixel weight :math:`w(p)`, and averaged separately over the background pixels
-    (label 0) and the foreground pixels (label in :math:`1..K`); ignored pixels contribute nothing.
+    (label 0) and the foreground pixels (label in :math:`1, \dots, K`); ignored pixels contribute nothing.
     Sums and counts run over the **whole batch**:
 
     .. math::

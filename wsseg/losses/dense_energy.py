@@ -278,8 +278,9 @@ class DenseEnergyLoss(nn.Module):
         >>> from wsseg.losses import DenseEnergyLoss
         >>> loss_fn = DenseEnergyLoss(chunk_size=64)
         >>> probs = torch.randn(1, 3, 12, 12).softmax(1)
-        >>> loss = loss_fn(probs, torch.rand(1, 3, 12, 12) * 255, torch.ones(1, 12, 12, dtype=torch.bool),
-        ...                torch.zeros(1, 12, 12, dtype=torch.long))
+        >>> image = torch.rand(1, 3, 12, 12) * 255
+        >>> valid = torch.ones(1, 12, 12, dtype=torch.bool)
+        >>> loss = loss_fn(probs, image, valid, torch.zeros(1, 12, 12, dtype=torch.long))
         >>> loss.shape
         torch.Size([])
 

@@ -91,7 +91,7 @@ def self_correspondence_distillation(
     the student features. :math:`S \times S` points are sampled per view and per image (bilinear
     ``grid_sample``, ``align_corners=True``, border padding) at ``grid_1`` in view 1 and ``grid_2`` in
     view 2, giving teacher vectors :math:`m_a, m'_c` and student vectors :math:`p_a, p'_c`,
-    :math:`a, c \in 1..S^2`. With :math:`n(z) = z / \max(\lVert z\rVert_2, \epsilon)` over channels:
+    :math:`a, c \in \{1, \dots, S^2\}`. With :math:`n(z) = z / \max(\lVert z\rVert_2, \epsilon)` over channels:
 
     .. math::
 
@@ -172,7 +172,8 @@ def self_correspondence_distillation(
         >>> cam1, cam2 = torch.rand(2, 20, 64, 64), torch.rand(2, 20, 19, 19)
         >>> seg1 = torch.randn(2, 21, 64, 64, requires_grad=True)
         >>> seg2 = torch.randn(2, 21, 19, 19, requires_grad=True)
-        >>> loss = self_correspondence_distillation(cam1, cam2, seg1, seg2, generator=g, num_samples=8)
+        >>> loss = self_correspondence_distillation(cam1, cam2, seg1, seg2,
+        ...                                         generator=g, num_samples=8)
         >>> loss.backward()
         >>> loss.shape, seg1.grad.shape
         (torch.Size([]), torch.Size([2, 21, 64, 64]))

@@ -158,9 +158,11 @@ def evaluate_segmentation(predict_fn: Callable[[Tensor], Tensor], loader: Iterab
     Example:
         >>> import torch
         >>> from wsseg.metrics import evaluate_segmentation
-        >>> batch = {"image": torch.zeros(1, 3, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long),
+        >>> batch = {"image": torch.zeros(1, 3, 4, 4),
+        ...          "mask": torch.zeros(1, 4, 4, dtype=torch.long),
         ...          "label": torch.zeros(1, 2)}
-        >>> res = evaluate_segmentation(lambda x: torch.zeros(x.shape[0], 3, 2, 2), [batch], 3)
+        >>> predict = lambda x: torch.zeros(x.shape[0], 3, 2, 2)
+        >>> res = evaluate_segmentation(predict, [batch], 3)
         >>> res["miou"], res["miou_filtered"], res["num_images"]
         (1.0, 1.0, 1)
 

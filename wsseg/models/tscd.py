@@ -50,7 +50,7 @@ class TSCDNet(nn.Module):
       ``num_attn_maps`` (= 2) blocks, **not symmetrised** (TSCD; AFA symmetrises):
       :math:`\hat A = \sigma(\mathrm{conv}_{1\times1}([\,Q_{L-2}K_{L-2}^\top; Q_{L-1}K_{L-1}^\top]))`.
 
-    Build it with :func:`wsseg.create_model` (``"tscd"`` / ``"tscd_mit_b1"``) rather than directly.
+    Build it with :func:`wsseg.create_model <wsseg.models.create_model>` (``"tscd"`` / ``"tscd_mit_b1"``) rather than directly.
 
     Args:
         backbone: an encoder module following the ``wsseg.backbones`` protocol (``forward(x) ->
@@ -166,6 +166,12 @@ class TSCDNet(nn.Module):
         return torch.cat(list(attn_logits[-self.num_attn_maps:]), dim=1)
 
     def forward(self, x: Tensor) -> TSCDOutput:
+        """Classification logits, segmentation logits, attention logits and affinity of ``x``.
+
+        Shape:
+            - x: :math:`(B, 3, H, W)`, ImageNet-normalised.
+            - output: :class:`TSCDOutput` (shapes listed there).
+        """
         out = self._encode(x)
         feats = list(out.features)
         seg = self.decoder(feats)

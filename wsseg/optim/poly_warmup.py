@@ -34,7 +34,7 @@ def poly_warmup_multiplier(step: int, *, max_iters: int, warmup_iters: int = 150
     .. math::
         m(t) = \begin{cases} 1 - (1 - t/W)(1 - r) & t < W \\
         \max\big((1 - t/T)_+^{\,p},\ m_{\min}\big) & t \ge W \text{ (official)} \\
-        \max\big((1 - (t-W)/(T-W))_+^{\,p},\ m_{\min}\big) & t \ge W,\ \texttt{rebase\_after\_warmup}
+        \max\big((1 - (t-W)/(T-W))_+^{\,p},\ m_{\min}\big) & t \ge W,\ \texttt{rebase_after_warmup}
         \end{cases}
 
     Official quirk (default): the decay is **not** re-based at the end of the warm-up, so the lr
@@ -85,7 +85,7 @@ def poly_warmup_multiplier(step: int, *, max_iters: int, warmup_iters: int = 150
 class PolyWarmupLR(LRScheduler):
     r"""Torch LR scheduler applying :func:`poly_warmup_multiplier` to every parameter group's own base lr.
 
-    ``lr_g(t) = base_lr_g · m(t)`` where ``t`` is the number of :meth:`step` calls so far (construction
+    ``lr_g(t) = base_lr_g · m(t)`` where ``t`` is the number of ``step()`` calls so far (construction
     sets ``t = 0``, so the first optimiser step runs at ``m(0) = warmup_ratio``). Call ``scheduler.step()``
     after every ``optimizer.step()``. Groups with different base lrs (e.g. a 10× decoder lr) keep their ratio.
 

@@ -78,7 +78,7 @@ def affinity_label(label: Tensor, *, stride: int = 16, radius: int = 8, ignore_i
     (e.g. MiT pads, giving :math:`\lceil H/16 \rceil`).
 
     Args:
-        label: pseudo label with values in :math:`\{0..K\} \cup \{\text{ignore}\}`.
+        label: pseudo label with values in :math:`\{0, \dots, K\} \cup \{\text{ignore}\}`.
         stride: backbone output stride (pixels per token).
         radius: window radius in tokens (AFA/TSCD 8); pairs farther apart are ignored.
         ignore_index: ignore value of the input and of the output (must fit uint8).
@@ -93,7 +93,10 @@ def affinity_label(label: Tensor, *, stride: int = 16, radius: int = 8, ignore_i
         ValueError: if ``label`` is not 3-D, the token grid is empty, or a hyperparameter is invalid.
 
     Example:
-        >>> y = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1], [255, 255, 1, 1], [255, 255, 1, 1]]])
+        >>> y = torch.tensor([[[0, 0, 1, 1],
+        ...                    [0, 0, 1, 1],
+        ...                    [255, 255, 1, 1],
+        ...                    [255, 255, 1, 1]]])
         >>> affinity_label(y, stride=2, radius=1)[0].tolist()
         [[1, 0, 255, 0], [0, 1, 255, 1], [255, 255, 255, 255], [0, 1, 255, 1]]
 

@@ -45,7 +45,7 @@ def cam_to_label(cam: Tensor, labels: Tensor, valid: Tensor | None = None, *, bk
         - cam: :math:`(B, K, H, W)`.
         - labels: :math:`(B, K)`.
         - valid: :math:`(B, H, W)`, bool.
-        - output: :math:`(B, H, W)`, int64 in :math:`\{0..K\} \cup \{\text{ignore}\}`.
+        - output: :math:`(B, H, W)`, int64 in :math:`\{0, \dots, K\} \cup \{\text{ignore}\}`.
 
     Raises:
         TypeError: on a wrong dtype (``cam`` float, ``valid`` bool).

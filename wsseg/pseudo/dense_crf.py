@@ -178,8 +178,9 @@ class DenseCRF(nn.Module):
 
     Example:
         >>> from wsseg.pseudo import DenseCRF
-        >>> DenseCRF.from_preset("cosa")
-        DenseCRF(num_iter=1, gaussian_sxy=1, gaussian_compat=1, bilateral_sxy=121, bilateral_srgb=5, bilateral_compat=4)
+        >>> DenseCRF.from_preset("cosa")  # doctest: +NORMALIZE_WHITESPACE
+        DenseCRF(num_iter=1, gaussian_sxy=1, gaussian_compat=1,
+                 bilateral_sxy=121, bilateral_srgb=5, bilateral_compat=4)
 
     Source:
         AFA ``scripts/test_msc_flip.py``; SLRNet ``tools/infer_voc.py``; CoSA ``utils/seg_helper.py``

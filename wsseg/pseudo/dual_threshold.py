@@ -78,7 +78,7 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
         - labels: :math:`(B, K)`.
         - image: :math:`(B, 3, H, W)`.
         - valid: :math:`(B, H, W)`, bool.
-        - output: :math:`(B, H, W)`, int64 in :math:`\{0..K\} \cup \{\text{ignore}\}`.
+        - output: :math:`(B, H, W)`, int64 in :math:`\{0, \dots, K\} \cup \{\text{ignore}\}`.
 
     Raises:
         TypeError: on a wrong dtype (``cam``/``image`` float, ``valid`` bool).
@@ -152,9 +152,9 @@ class DualThresholdPseudoLabel(nn.Module):
     treated as a hyperparameter.
 
     .. math::
-        Y_\tau = \arg\max\ \mathrm{up}\big(R(\mathrm{softmax}_{\{0\}\cup\{k: y_k=1\}}
-                 (\mathrm{down}[\tau\mathbb 1, \hat M]))\big),\qquad
-        Y = \begin{cases} Y_{hi} & Y_{hi} \ne 0 \\ 0 & Y_{hi} = Y_{lo} = 0 \\
+        Y_\tau &= \arg\max\ \mathrm{up}\big(R(\mathrm{softmax}_{\{0\}\cup\{k: y_k=1\}}
+                 (\mathrm{down}[\tau\mathbb 1, \hat M]))\big), \\
+        Y &= \begin{cases} Y_{hi} & Y_{hi} \ne 0 \\ 0 & Y_{hi} = Y_{lo} = 0 \\
             \text{ignore} & \text{otherwise} \end{cases}
 
     Presets (``common.md`` §2.2):
@@ -183,7 +183,7 @@ class DualThresholdPseudoLabel(nn.Module):
     Shape:
         - cam: :math:`(B, K, H, W)` in [0, 1]; labels: :math:`(B, K)`;
           image: :math:`(B, 3, H, W)` in [0, 1] (needed with a refiner); valid: :math:`(B, H, W)` bool.
-        - output: :math:`(B, H, W)`, int64 in :math:`\{0..K\} \cup \{\text{ignore}\}`.
+        - output: :math:`(B, H, W)`, int64 in :math:`\{0, \dots, K\} \cup \{\text{ignore}\}`.
 
     Raises:
         ValueError: if ``low > high`` or ``down_scale`` is not a positive int (and see the function).
@@ -256,7 +256,8 @@ def varm_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor, valid: Tensor 
         - output: :math:`(B, H, W)`, int64.
 
     Raises:
-        ValueError / TypeError: as :func:`dual_threshold_pseudo_label` (``image`` is required).
+        ValueError: as :func:`dual_threshold_pseudo_label` (``image`` is required).
+        TypeError: as :func:`dual_threshold_pseudo_label`.
 
     Example:
         >>> cam, image = torch.rand(1, 20, 32, 32), torch.rand(1, 3, 32, 32)

@@ -53,8 +53,8 @@ def denormalize(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[
     r"""Undo mean/std normalisation and return an image in [0, 1].
 
     .. math::
-        \hat I = x \sigma + \mu \quad (\text{mode="float"}), \qquad
-        \hat I = \lfloor 255 (x \sigma + \mu) \rfloor_{\text{uint8}} / 255 \quad (\text{mode="truncate_uint8"})
+        \hat I &= x \sigma + \mu \quad (\texttt{mode="float"}), \\
+        \hat I &= \lfloor 255 (x \sigma + \mu) \rfloor_{\text{uint8}} / 255 \quad (\texttt{mode="truncate_uint8"})
 
     ``"truncate_uint8"`` reproduces TSCD/AFA's ``denormalize_img2``: the value is cast to uint8 by
     truncation toward zero with **no clamp and no rounding** (values outside [0, 255] wrap modulo 256,
@@ -76,7 +76,8 @@ def denormalize(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[
 
     Example:
         >>> x = normalize(torch.full((1, 3, 2, 2), 0.6))
-        >>> round(denormalize(x, mode="truncate_uint8")[0, 0, 0, 0].item() * 255)  # 0.6 * 255 = 153.0
+        >>> y = denormalize(x, mode="truncate_uint8")
+        >>> round(y[0, 0, 0, 0].item() * 255)  # 0.6 * 255 = 153.0
         153
 
     Source:
