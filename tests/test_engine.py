@@ -99,6 +99,17 @@ def test_seeded_samples_do_not_depend_on_load_order():
         ds[1]
 
 
+def test_batches_do_not_depend_on_num_workers(tmp_path):
+    batches = {}
+    for workers in (0, 2):
+        trainer = _tiny_trainer(tmp_path, num_workers=workers)
+        it = trainer._batches(start=1)                      # resume position inside the first epoch
+        batches[workers] = [next(it) for _ in range(3)]     # crosses into the second epoch (2 steps/epoch)
+    for a, b in zip(batches[0], batches[2]):
+        assert a["name"] == b["name"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+
+
 # ---------------------------------------------------------------------- exact resume
 def test_kill_and_resume_is_bit_identical(tmp_path):
     # 8 images, batch 2: an epoch is 4 steps; stop after step 3 (mid-epoch), resume to 7 (crosses an epoch)
@@ -187,6 +198,34 @@ def test_evaluation_shards_sum_to_the_whole(monkeypatch):
 
     assert miou_from_confusion(conf[0])["miou"] == pytest.approx(whole["cam_miou"], abs=1e-12)
     assert miou_from_confusion(conf[3])["miou"] == pytest.approx(whole["seg_miou"], abs=1e-12)
+
+
+def test_multi_scale_segmentation_evaluation_matches_a_direct_computation():
+    from wsseg.layers import multi_scale_inference
+    from wsseg.metrics import DualMIoU
+
+    method = TSCDMethod(TSCDRecipe(crop_size=32, varm_num_iter=1, cam_scales=(1.0,)))
+    torch.manual_seed(0)
+    net = method.build_model(3, backbone="test_vit", decoder_dim=8).eval()
+    ds = SyntheticShapes(num_images=3, size=40, seed=2, transform=eval_transform(None))
+    res = evaluate_method(method, net, seg_set=ds, seg_inference="tscd", eval_long_side=48)
+    ref = DualMIoU(4)
+    with torch.no_grad():
+        for i in range(3):
+            s = ds[i]
+            x = s["image"][None]
+            fit = net.fit_input
+            logits = multi_scale_inference(lambda t: torch.nn.functional.interpolate(
+                net(fit(t)).seg, size=t.shape[-2:], mode="bilinear", align_corners=False), x,
+                scales=(1.0, 0.5, 0.75), flip=True, scale_fuse="max", flip_fuse="mean", resize_to=48)
+            logits = torch.nn.functional.interpolate(logits, size=(40, 40), mode="bilinear", align_corners=False)
+            ref.update(logits, s["mask"][None], s["label"][None])
+    out = ref.compute()
+    assert res["seg_miou"] == pytest.approx(out["miou"], abs=1e-12)
+    assert res["seg_miou_filtered"] == pytest.approx(out["miou_filtered"], abs=1e-12)
+    assert "cam_miou" not in res and res["eval_splits"]["seg"]["inference"] == "tscd"
+    with pytest.raises(ValueError, match="seg_inference"):
+        evaluate_method(method, net, seg_set=ds, seg_inference="nope")
 
 
 # ---------------------------------------------------------------------- mixed precision
@@ -296,10 +335,13 @@ def test_voc_train_aug_recipe_trains_and_scores_val(tmp_path):
     args = ["--dataset", "voc", "--root", str(root), "--split", "train_aug", "--list-file", str(list_file),
             "--mask-dir", "SegmentationClassAug", "--cls-labels", str(root / "cls_labels.npy"),
             "--class-names", str(_class_file(tmp_path, ["background", "a", "b", "c"])),
-            "--eval-split", "val", "--out", str(tmp_path / "run"), *TINY, "--crop", "48", "--iters", "2"]
+            "--eval-split", "val", "--out", str(tmp_path / "run"), *TINY, "--crop", "48", "--iters", "2",
+            "--eval-msc", "tscd", "--eval-long-side", "48"]
     m = main(TSCD_CLI, args)
+    assert m["eval_splits"]["seg"]["inference"] == "tscd"
     assert m["eval_splits"]["pseudo_label"] == {"split": "train_aug", "num_images": 6, "num_images_with_masks": 6}
-    assert m["eval_splits"]["seg"] == {"split": "val", "num_images": 3, "num_images_with_masks": 3}
+    assert {k: m["eval_splits"]["seg"][k] for k in ("split", "num_images", "num_images_with_masks")} == \
+        {"split": "val", "num_images": 3, "num_images_with_masks": 3}
     assert m["class_names"] == ["a", "b", "c"]
 
 

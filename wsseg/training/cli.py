@@ -130,6 +130,11 @@ def build_parser(spec: MethodCLI, description: str | None = None) -> argparse.Ar
     e.add_argument("--eval-long-side", type=int, default=None,
                    help="network input long side at evaluation (default: native resolution); scores are "
                         "always computed at the masks' native resolution")
+    e.add_argument("--eval-msc", default=None, metavar="PRESET",
+                   help="multi-scale + flip segmentation evaluation preset (tscd, afa, cosa, slrnet); "
+                        "default single scale")
+    e.add_argument("--eval-crf", default=None, metavar="PRESET",
+                   help="dense CRF preset after the segmentation (tscd, afa, ...; needs pydensecrf)")
     e.add_argument("--num-vis", type=int, default=4, help="number of PNG panels")
     e.add_argument("--max-eval-images", type=int, default=None, help="evaluate only the first N images")
     e.add_argument("--no-progress", action="store_true")
@@ -242,6 +247,7 @@ def main(spec: MethodCLI, argv: list[str] | None = None, description: str | None
                              tensorboard=args.tensorboard, sync_bn=args.sync_bn, per_rank_seed=args.per_rank_seed,
                              show_progress=not args.no_progress, num_vis=args.num_vis,
                              max_eval_images=args.max_eval_images, eval_long_side=args.eval_long_side or None,
+                             eval_inference=args.eval_msc, eval_crf=args.eval_crf,
                              command=[os.path.basename(sys.argv[0]), *argv])
         try:
             trainer = Trainer(method, model, data["train_set"], config, pseudo_set=data["pseudo_set"],

@@ -55,7 +55,8 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
                     pseudo_split: str = "train", seg_split: str = "train", device: str | torch.device = "cpu",
                     eval_long_side: int | None = None, max_images: int | None = None,
                     out_dir: str | os.PathLike | None = None, num_vis: int = 0, show_progress: bool = False,
-                    rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+                    rank: int = 0, world_size: int = 1, seg_inference: str | None = None,
+                    crf: str | None = None) -> dict[str, Any]:
     r"""Score a method's CAM, pseudo labels and segmentation predictions (the standard WSSS protocol).
 
     On ``pseudo_set`` (the training images with ground truth, e.g. VOC ``train`` or ccp_voc
@@ -68,7 +69,12 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
       non-ignored pixels only and ``pseudo_label_ignore_fraction`` says how many were ignored.
 
     On ``seg_set`` (e.g. VOC ``val``): ``seg_miou`` (plain argmax) and ``seg_miou_filtered`` (logits of
-    classes absent from the GT image label removed, :func:`~wsseg.metrics.filter_logits_by_labels`).
+    classes absent from the GT image label removed, :func:`~wsseg.metrics.filter_logits_by_labels`),
+    single scale by default; ``seg_inference`` names a multi-scale + flip preset of
+    :data:`~wsseg.layers.multi_scale_inference.MULTI_SCALE_INFERENCE_PRESETS` (e.g. ``"tscd"``: long side
+    512, scales 1 / 0.5 / 0.75 + flip, max over scales) and ``crf`` a :class:`~wsseg.pseudo.DenseCRF`
+    preset applied to the softmax of those logits (``seg_crf_miou`` / ``seg_crf_miou_filtered``; needs
+    pydensecrf).
 
     The network sees each image with its long side resized to ``eval_long_side`` (``None``: native);
     labels and logits are resized back (nearest / bilinear) and **scored at the mask's native
@@ -90,6 +96,9 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
         num_vis: number of panels (written by rank 0 from its first images).
         show_progress: tqdm bar.
         rank, world_size: this process's place in a DDP run.
+        seg_inference: multi-scale + flip preset for the segmentation (``None``: single scale at
+            ``eval_long_side``); with a preset, ``eval_long_side`` (if given) replaces its ``resize_to``.
+        crf: dense-CRF preset name applied after ``seg_inference`` (``None``: no CRF).
 
     Returns:
         dict with the metrics above (fractions in [0, 1]), per-class ``cam_iou`` / ``pseudo_label_iou`` /
@@ -124,6 +133,22 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
     threshold = float(getattr(method.recipe, "cam_eval_threshold", 0.45))
     cam_m, pl_m, pl_valid_m = SegmentationMetric(C), SegmentationMetric(C), SegmentationMetric(C)
     seg_m = DualMIoU(C)
+    crf_m, crf_f = SegmentationMetric(C), SegmentationMetric(C)
+    preset = None
+    if seg_inference is not None:
+        from ..layers.multi_scale_inference import MULTI_SCALE_INFERENCE_PRESETS
+
+        if seg_inference not in MULTI_SCALE_INFERENCE_PRESETS:
+            raise ValueError(f"seg_inference: expected one of {sorted(MULTI_SCALE_INFERENCE_PRESETS)}, "
+                             f"got {seg_inference!r}")
+        preset = dict(MULTI_SCALE_INFERENCE_PRESETS[seg_inference])
+        if eval_long_side is not None:
+            preset["resize_to"] = eval_long_side
+    crf_fn = None
+    if crf is not None:
+        from ..pseudo import DenseCRF
+
+        crf_fn = DenseCRF.from_preset(crf)
     # counts: pseudo images, pseudo images with masks, ignored pixels, pseudo pixels, seg images, seg w/ masks
     counts = torch.zeros(6, dtype=torch.float64)
     same = pseudo_set is seg_set
@@ -136,6 +161,24 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
         x = s["image"][None].to(device)
         gt = s["mask"][None].to(device)
         return s, x, gt, s["label"][None].to(device), s["valid"][None].to(device)
+
+    def seg_logits(x: Tensor, xin: Tensor, size: Sequence[int]) -> Tensor:
+        if preset is None:
+            logits = method.predict(model, xin)
+        else:
+            from ..layers import multi_scale_inference
+
+            logits = multi_scale_inference(lambda t: method.predict(model, t), x, **preset)
+        return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+
+    def update_seg(x: Tensor, seg: Tensor, gt: Tensor, y: Tensor) -> None:
+        seg_m.update(seg, gt, y)
+        if crf_fn is not None:
+            from ..metrics import filter_logits_by_labels
+
+            img = (denormalize(x.float()).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            crf_m.update(crf_fn(img, torch.softmax(seg, 1).cpu()).to(gt.device), gt)
+            crf_f.update(crf_fn(img, torch.softmax(filter_logits_by_labels(seg, y), 1).cpu()).to(gt.device), gt)
 
     def n_of(ds):
         return len(ds) if max_images is None else min(max_images, len(ds))
@@ -159,10 +202,9 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
                 pl_valid_m.update(pseudo, torch.where(pseudo == 255, torch.full_like(gt, 255), gt))
                 seg = None
                 if same or vis_left > 0:
-                    seg = F.interpolate(method.predict(model, xin), size=gt.shape[-2:], mode="bilinear",
-                                        align_corners=False)
+                    seg = seg_logits(x, xin, gt.shape[-2:])
                 if same:
-                    seg_m.update(seg, gt, y)
+                    update_seg(x, seg, gt, y)
                     counts[4:] += torch.tensor([1, has_mask], dtype=torch.float64)
                 if vis_left > 0:
                     _save_panel(out_dir, i, s["name"], x, y, cam, pseudo, seg, gt)
@@ -171,14 +213,12 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
             idx = _shard(n_of(seg_set), rank, world_size)
             for i in progress(idx, desc="evaluate seg", disable=not show_progress):
                 s, x, gt, y, _ = load(seg_set, i)
-                seg = F.interpolate(method.predict(model, _resize_long_side(x, eval_long_side)),
-                                    size=gt.shape[-2:], mode="bilinear", align_corners=False)
-                seg_m.update(seg, gt, y)
+                update_seg(x, seg_logits(x, _resize_long_side(x, eval_long_side), gt.shape[-2:]), gt, y)
                 counts[4:] += torch.tensor([1, bool((gt != 255).any())], dtype=torch.float64)
     finally:
         model.train(was_training)
 
-    _sum_over_ranks([cam_m, pl_m, pl_valid_m, seg_m.unfiltered, seg_m.filtered], counts)
+    _sum_over_ranks([cam_m, pl_m, pl_valid_m, seg_m.unfiltered, seg_m.filtered, crf_m, crf_f], counts)
     n_pl, n_pl_mask, ignored, total, n_seg, n_seg_mask = (int(v) for v in counts.tolist())
     out: dict[str, Any] = {"eval_splits": {}}
     if pseudo_set is not None:
@@ -198,7 +238,11 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
         out.update({"seg_miou": seg_res["miou"], "seg_miou_filtered": seg_res["miou_filtered"],
                     "seg_iou": [float(v) for v in seg_res["iou"]],
                     "seg_iou_filtered": [float(v) for v in seg_res["iou_filtered"]]})
-        out["eval_splits"]["seg"] = {"split": seg_split, "num_images": n_seg, "num_images_with_masks": n_seg_mask}
+        out["eval_splits"]["seg"] = {"split": seg_split, "num_images": n_seg, "num_images_with_masks": n_seg_mask,
+                                     "inference": seg_inference or "single-scale", "crf": crf}
+        if crf_fn is not None:
+            out["seg_crf_miou"] = crf_m.compute()["miou"]
+            out["seg_crf_miou_filtered"] = crf_f.compute()["miou"]
     out["num_eval_images"] = max(n_pl, n_seg)
     out["eval_long_side"] = eval_long_side
     return out
@@ -225,11 +269,16 @@ def format_summary(metrics: dict[str, Any], step: int | None = None) -> str:
     """One line per evaluation: CAM / pseudo-label / both segmentation mIoUs (in %), with their splits.
 
     Example:
-        >>> format_summary({"cam_miou": 0.5, "pseudo_label_miou": 0.6, "pseudo_label_ignore_fraction": 0.1,
-        ...                 "seg_miou": 0.4, "seg_miou_filtered": 0.45,
-        ...                 "eval_splits": {"cam": {"split": "train", "num_images": 8},
-        ...                                 "seg": {"split": "val", "num_images": 4}}}, step=100)
-        'step 100 | CAM mIoU 50.00 | pseudo-label mIoU 60.00 (ignore 10.0% counted as background) [train, 8 images] | seg mIoU unfiltered 40.00 / GT-label-filtered 45.00 [val, 4 images]'
+        >>> m = {"cam_miou": 0.5, "pseudo_label_miou": 0.6, "pseudo_label_ignore_fraction": 0.1,
+        ...      "seg_miou": 0.4, "seg_miou_filtered": 0.45,
+        ...      "eval_splits": {"cam": {"split": "train", "num_images": 8},
+        ...                      "seg": {"split": "val", "num_images": 4}}}
+        >>> for part in format_summary(m, step=100).split(" | "):
+        ...     print(part)
+        step 100
+        CAM mIoU 50.00
+        pseudo-label mIoU 60.00 (ignore 10.0% counted as background) [train, 8 images]
+        seg mIoU unfiltered 40.00 / GT-label-filtered 45.00 [val, 4 images]
     """
     parts = [] if step is None else [f"step {step}"]
     splits = metrics.get("eval_splits", {})

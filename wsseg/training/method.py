@@ -18,29 +18,24 @@ class TrainingMethod:
     The engine (:class:`~wsseg.training.Trainer`) owns data loading, the loop, mixed precision, DDP,
     the optimizer and schedule, checkpoints, logging and evaluation. A method supplies:
 
-    ==============================  ==========================================================================
-    member                          role
-    ==============================  ==========================================================================
-    ``name``                        registry-style name written to logs and checkpoints (``"tscd"``)
-    ``recipe``                      a dataclass of hyperparameters with at least ``iters``, ``batch_size``
-                                    (global, over all ranks), ``crop_size``, ``scale_range`` and ``seed``
-    ``build_model(num_classes,…)``  the ``nn.Module`` to train (called after seeding)
-    ``build_optimizer(model)``      default: AdamW over ``model.param_groups`` (:func:`build_optimizer`)
-    ``build_scheduler(optimizer)``  default: :class:`~wsseg.optim.PolyWarmupLR` (:func:`build_scheduler`)
-    ``training_step(model,batch,    ``(loss, logs)``: a scalar tensor with grad and a dict of floats; ``model``
-    step)``                         may be wrapped (DDP, ``torch.compile``): call it for gradient-carrying
-                                    forwards and use :func:`~wsseg.training.unwrap_model` for attributes
-    ``after_optimizer_step(model,   hook after every optimizer step (EMA teachers, queues); default no-op
-    step)``
-    ``cam(model, images)``          normalised CAM ``(B, K, H, W)`` in [0, 1] at the images' size
-    ``pseudo_label(model, images,   the training target ``(B, H, W)`` in {0..K, 255}; ``cam`` may be passed
-    labels, valid, cam)``           to avoid recomputing it
-    ``predict(model, images)``      segmentation logits ``(B, K+1, H, W)`` at the images' size
-    ``state_dict()`` /              extra training state to checkpoint (EMA teacher, queues); default none
-    ``load_state_dict(state)``
-    ``find_unused_parameters``      DDP flag, True only where an iteration leaves parameters unused
-    ``log_keys``                    the CSV columns after ``step, lr, time_s`` (missing values left empty)
-    ==============================  ==========================================================================
+    * ``name``: registry-style name written to logs and checkpoints (``"tscd"``);
+    * ``recipe``: a dataclass of hyperparameters with at least ``iters``, ``batch_size`` (global, over all
+      ranks), ``crop_size``, ``scale_range`` and ``seed``;
+    * ``build_model(num_classes, **kwargs)``: the ``nn.Module`` to train (called after seeding);
+    * ``build_optimizer(model)``: default AdamW over ``model.param_groups`` (:func:`~wsseg.training.build_optimizer`);
+    * ``build_scheduler(optimizer)``: default :class:`~wsseg.optim.PolyWarmupLR` (:func:`~wsseg.training.build_scheduler`);
+    * ``training_step(model, batch, step) -> (loss, logs)``: a scalar tensor with grad and a dict of
+      floats; ``model`` may be wrapped (DDP, ``torch.compile``): call it for gradient-carrying forwards
+      and use :func:`~wsseg.training.unwrap_model` for attributes;
+    * ``after_optimizer_step(model, step)``: hook after every optimizer step (EMA teachers, queues);
+    * ``cam(model, images)``: normalised CAM ``(B, K, H, W)`` in [0, 1] at the images' size;
+    * ``pseudo_label(model, images, labels, valid, cam)``: the training target ``(B, H, W)`` in
+      {0..K, 255}; ``cam`` may be passed to avoid recomputing it;
+    * ``predict(model, images)``: segmentation logits ``(B, K+1, H, W)`` at the images' size;
+    * ``state_dict()`` / ``load_state_dict(state)``: extra training state to checkpoint (EMA teacher,
+      queues); default none;
+    * ``find_unused_parameters``: the DDP flag, True only where an iteration leaves parameters unused;
+    * ``log_keys``: the CSV columns after ``step, lr, time_s`` (missing values left empty).
 
     Subclasses override what differs; ``training_step``, ``build_model`` and ``cam`` have no default.
     """

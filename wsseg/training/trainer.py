@@ -53,6 +53,9 @@ class TrainConfig:
         num_vis: PNG panels written by the final evaluation.
         max_eval_images: evaluate only the first N images of each split.
         eval_long_side: network input long side at evaluation (None = native resolution).
+        eval_inference: multi-scale + flip preset for the segmentation scores (``"tscd"``, ...; None =
+            single scale), see :func:`evaluate_method`.
+        eval_crf: dense-CRF preset applied after it (None = no CRF; needs pydensecrf).
         command: the command line, recorded in checkpoints and ``metrics.json``.
     """
 
@@ -73,6 +76,8 @@ class TrainConfig:
     num_vis: int = 4
     max_eval_images: int | None = None
     eval_long_side: int | None = None
+    eval_inference: str | None = None
+    eval_crf: str | None = None
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def __post_init__(self) -> None:
@@ -374,7 +379,7 @@ class Trainer:
                               eval_long_side=cfg.eval_long_side, max_images=cfg.max_eval_images,
                               out_dir=self.out_dir if env.is_main else None, num_vis=num_vis,
                               show_progress=cfg.show_progress and env.is_main, rank=env.rank,
-                              world_size=env.world_size)
+                              world_size=env.world_size, seg_inference=cfg.eval_inference, crf=cfg.eval_crf)
         res["step"] = step
         if env.is_main:
             if step < self.method.recipe.iters:

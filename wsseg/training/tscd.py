@@ -355,7 +355,8 @@ class TSCDTrainingStep:
           total, the pseudo label's ignore and foreground fractions).
 
     Raises:
-        ValueError / TypeError: for malformed batches.
+        ValueError: for a batch that is not a dict with ``image`` and ``label``, or whose shapes disagree.
+        TypeError: for a non-floating-point image or a wrongly typed ``valid`` mask.
 
     Example:
         >>> from wsseg import create_model
@@ -430,6 +431,7 @@ class TSCDTrainingStep:
 
     # -------------------------------------------------------------- the step
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        """``(loss, logs)`` of iteration ``step`` on ``batch`` (see the class description for the terms)."""
         r = self.recipe
         if not isinstance(batch, Mapping) or "image" not in batch or "label" not in batch:
             raise ValueError("batch: expected a dict with at least 'image' (B, 3, H, W) and 'label' (B, K)")
