@@ -391,3 +391,12 @@ def test_corrupt_image_names_the_file_and_keeps_the_checkpoint(tmp_path):
 def test_crop_not_multiple_of_stride_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="crop_size: 60 is not a multiple of the backbone stride 16"):
         main(TSCD_CLI, [*TINY, "--crop", "60", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_compile_runs_the_training_step(tmp_path):
+    # torch.compile (inductor on CPU) compiles the model for ~1-2 minutes, hence slow
+    m = main(TSCD_CLI, [*TINY, "--iters", "2", "--compile", "--out", str(tmp_path), "--max-eval-images", "1"])
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert len(rows) == 2 and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert m["config"]["engine"]["compile"] is True
