@@ -132,6 +132,21 @@ class Trainer:
             ``stop_at`` exceeds ``recipe.iters``.
         FloatingPointError: when the loss is not finite (the message names the step and the terms);
             nothing is updated or saved for that step.
+
+    Example:
+        >>> import tempfile
+        >>> from wsseg.data import SyntheticShapes, eval_transform, train_transform
+        >>> from wsseg.training import TSCDMethod, TSCDRecipe
+        >>> method = TSCDMethod(TSCDRecipe(crop_size=32, batch_size=2, iters=2, cam_iters=5))
+        >>> net = method.build_model(3, backbone="test_vit", decoder_dim=8)
+        >>> train = SyntheticShapes(num_images=4, size=32, transform=train_transform(32, seed=0))
+        >>> val = SyntheticShapes(num_images=2, size=32, transform=eval_transform(None))
+        >>> cfg = TrainConfig(out_dir=tempfile.mkdtemp(), show_progress=False, num_vis=0)
+        >>> metrics = Trainer(method, net, train, cfg, seg_set=val, seg_split="val").fit()  # doctest: +ELLIPSIS
+        tscd: K=3 images=4 crop=32 batch=2 (2/process x 1) iters=2 device=cpu amp=none
+        seg mIoU unfiltered ... [val, 2 images] | ... s -> .../metrics.json
+        >>> metrics["iters"], metrics["world_size"], metrics["eval_splits"]["seg"]["split"]
+        (2, 1, 'val')
     """
 
     def __init__(self, method: TrainingMethod, model: nn.Module, train_set: Any, config: TrainConfig, *,
