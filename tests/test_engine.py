@@ -297,6 +297,12 @@ def test_trainer_rejects_bad_setups(tmp_path):
         trainer.fit()
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8")
+    from wsseg.training import DistributedEnv
+
+    m = TSCDMethod(TSCDRecipe(crop_size=32, batch_size=2, iters=2))
+    with pytest.raises(ValueError, match="sync_bn.*CUDA"):
+        Trainer(m, m.build_model(3, backbone="test_vit", decoder_dim=8), SyntheticShapes(num_images=4, size=32),
+                TrainConfig(out_dir=str(tmp_path), sync_bn=True), env=DistributedEnv(rank=0, world_size=2))
     with pytest.raises(TypeError, match="method"):
         Trainer(object(), None, None, TrainConfig())
     with pytest.raises(TypeError, match="recipe"):

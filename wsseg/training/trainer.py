@@ -46,7 +46,8 @@ class TrainConfig:
         num_workers: data-loader worker processes.
         threads: ``torch.set_num_threads`` (None = torch's choice).
         tensorboard: also log to TensorBoard (``out_dir/tb``; needs the ``tensorboard`` package).
-        sync_bn: convert BatchNorm layers to ``SyncBatchNorm`` in a multi-process run.
+        sync_bn: convert BatchNorm layers to ``SyncBatchNorm`` in a multi-process CUDA run (torch's
+            SyncBatchNorm has no CPU implementation; a single process ignores it).
         per_rank_seed: seed rank r with ``seed + r`` (default: the same seed on every rank, as the
             official TSCD/AFA/CoSA launchers do; the ranks still see different images).
         show_progress: tqdm bars (with ETA).
@@ -129,7 +130,7 @@ class Trainer:
     Raises:
         ValueError: if the global batch does not split evenly over the ranks, the training split
             has fewer images than one batch, the crop is not a multiple of the model's stride, or
-            ``stop_at`` exceeds ``recipe.iters``.
+            ``stop_at`` exceeds ``recipe.iters``, or ``sync_bn`` is asked for a multi-process CPU run.
         FloatingPointError: when the loss is not finite (the message names the step and the terms);
             nothing is updated or saved for that step.
 
@@ -172,6 +173,9 @@ class Trainer:
         if stride and recipe.crop_size % int(stride):
             raise ValueError(f"crop_size: {recipe.crop_size} is not a multiple of the backbone stride {stride} "
                              f"(e.g. {recipe.crop_size // int(stride) * int(stride)})")
+        if config.sync_bn and self.env.distributed and self.env.device.type != "cuda":
+            raise ValueError(f"sync_bn: SyncBatchNorm runs on CUDA devices only (torch), got device "
+                             f"{self.env.device}; drop --sync-bn for CPU runs")
         if config.stop_at is not None and config.stop_at > recipe.iters:
             raise ValueError(f"stop_at: expected at most iters={recipe.iters}, got {config.stop_at}")
 
