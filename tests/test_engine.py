@@ -256,6 +256,16 @@ def test_amp_step_gives_finite_losses(tmp_path, amp):
         assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["extra"]["grad_scaler"]
 
 
+def test_periodic_evaluation_prints_one_line_each(tmp_path, capsys):
+    trainer = _tiny_trainer(tmp_path, eval_every=1)
+    trainer.seg_set = SyntheticShapes(num_images=2, size=32, transform=eval_transform(None))
+    trainer.seg_split = "val"
+    m = trainer.fit()
+    assert [e["step"] for e in m["periodic_evaluations"]] == [1]   # the final evaluation is not repeated
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "seg mIoU" in ln]
+    assert len(lines) == 2 and lines[0].startswith("step 1 | seg mIoU unfiltered") and "[val, 2 images]" in lines[0]
+
+
 def test_tensorboard_log(tmp_path):
     pytest.importorskip("tensorboard")
     _tiny_trainer(tmp_path, tensorboard=True).fit()
