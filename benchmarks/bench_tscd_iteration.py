@@ -10,7 +10,8 @@ batch 2 and 4, the official recipe after ``cam_iters`` (every term active). Phas
 * ``scd``: the self-correspondence distillation loss;
 * ``varm label``: the VARM dual-threshold pseudo label (two thresholds, 10 VARM iterations, crop/2);
 * ``aff+seg loss``: affinity label + loss and balanced segmentation loss;
-* ``energy loss``: dense CRF energy loss (forward; its official gradient is cached for backward);
+* ``energy loss``: dense CRF energy loss (forward; its official gradient is cached for backward), with the
+  default permutohedral-lattice filter or, with ``--energy-backend dense``, the exact dense Gaussian;
 * ``backward``: ``loss.backward()``.
 
 The phased computation is checked against :class:`wsseg.training.TSCDTrainingStep` (same RNG state →
@@ -20,6 +21,7 @@ Peak memory: each case runs in its own subprocess and reports the increase of th
 already allocated).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_tscd_iteration.py [--batch 2 4] [--crop 224] [--repeats 3]
+        [--energy-backend permutohedral|dense]
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def phased_step(model, step_fn, batch, timings):
     return loss.detach()
 
 
-def run_case(batch_size: int, crop: int, repeats: int, backbone: str) -> dict:
+def run_case(batch_size: int, crop: int, repeats: int, backbone: str, energy_backend: str) -> dict:
     import wsseg
     from wsseg.training import TSCDRecipe, TSCDTrainingStep
 
@@ -90,6 +92,7 @@ def run_case(batch_size: int, crop: int, repeats: int, backbone: str) -> dict:
     model = wsseg.create_model("tscd", backbone=backbone, num_classes=20).train()
     recipe = TSCDRecipe(crop_size=crop, batch_size=batch_size, cam_iters=0)
     step_fn = TSCDTrainingStep(recipe)
+    step_fn.energy_loss.backend = energy_backend
     labels = torch.zeros(batch_size, 20)
     labels[:, 14] = 1
     labels[0, 11] = 1
@@ -124,19 +127,21 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backbone", default="vit_small_patch14_dinov2")
+    p.add_argument("--energy-backend", choices=("permutohedral", "dense"), default="permutohedral")
     p.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one case
     args = p.parse_args()
     if args.case is not None:
-        print(json.dumps(run_case(args.case, args.crop, args.repeats, args.backbone)))
+        print(json.dumps(run_case(args.case, args.crop, args.repeats, args.backbone, args.energy_backend)))
         return
     rows = []
     for b in args.batch:
         cmd = [sys.executable, os.path.abspath(__file__), "--case", str(b), "--crop", str(args.crop),
-               "--repeats", str(args.repeats), "--backbone", args.backbone]
+               "--repeats", str(args.repeats), "--backbone", args.backbone, "--energy-backend", args.energy_backend]
         res = subprocess.run(cmd, check=True, capture_output=True, text=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     print(f"One TSCD iteration on CPU ({args.backbone}, crop {args.crop}, {rows[0]['threads']} threads, "
-          f"median of {args.repeats}; seconds, share of the total in parentheses)\n")
+          f"energy backend {args.energy_backend}, median of {args.repeats}; seconds, share of the total in "
+          "parentheses)\n")
     print("| phase | " + " | ".join(f"batch {r['batch']}" for r in rows) + " |")
     print("|---|" + "---|" * len(rows))
     for ph in PHASES:

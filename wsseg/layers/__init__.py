@@ -8,9 +8,11 @@ from .multi_scale_cam import (
     minmax_normalize,
     multi_scale_cam,
     multi_scale_inputs,
+    ordered_scales,
 )
 from .multi_scale_inference import MultiScaleInference, multi_scale_inference
 from .pamr import PAMR, pamr
+from .permutohedral import PermutohedralLattice, permutohedral_filter
 from .pixel_adaptive_refine import PixelAdaptiveRefine, pixel_adaptive_refine
 from .segformer_head import SegFormerHead, segformer_head
 from .variation_aware_refine import VariationAwareRefine, variation_aware_refine
@@ -25,10 +27,13 @@ __all__ = [
     "multi_scale_cam",
     "multi_scale_inference",
     "multi_scale_inputs",
+    "ordered_scales",
     "MultiScaleCAM",
     "MultiScaleInference",
     "pamr",
     "PAMR",
+    "permutohedral_filter",
+    "PermutohedralLattice",
     "pixel_adaptive_refine",
     "PixelAdaptiveRefine",
     "segformer_head",
