@@ -125,17 +125,32 @@ def test_vectorised_equals_reference_loop(refiner_name):
         pytest.skip("wsseg.layers.PixelAdaptiveRefine not available")
     for seed, (B, K, H, W) in enumerate([(3, 20, 48, 40), (3, 13, 33, 31)]):
         cam, labels, image, valid = _inputs(B, K, H, W, seed)
-        fast = dual_threshold_pseudo_label(cam, labels, image, valid, refiner=refiner)
         ref = reference_dual_threshold_pseudo_label(cam, labels, image, valid, refiner=refiner)
-        assert torch.equal(fast, ref), (refiner_name, (fast != ref).sum().item())
+        for chunk_pixels in (None, 1, (H // 2) * (W // 2) * 2):      # whole batch, per image, 2 images
+            fast = dual_threshold_pseudo_label(cam, labels, image, valid, refiner=refiner,
+                                               chunk_pixels=chunk_pixels)
+            assert torch.equal(fast, ref), (refiner_name, chunk_pixels, (fast != ref).sum().item())
 
 
-def test_refiner_called_once_on_whole_batch():
-    cam, labels, image, valid = _inputs(B=3, K=20)
+def test_batch_without_any_present_class_matches_reference():
+    cam, _, image, valid = _inputs(B=2, K=5, H=16, W=16)
+    labels = torch.zeros(2, 5)
+    y = dual_threshold_pseudo_label(cam, labels, image, valid, refiner=AvgRefine())
+    assert torch.equal(y, reference_dual_threshold_pseudo_label(cam, labels, image, valid, refiner=AvgRefine()))
+    assert set(y.unique().tolist()) <= {0, 255}
+
+
+def test_refiner_calls_follow_chunk_pixels():
+    cam, labels, image, valid = _inputs(B=3, K=20)        # internal 24 x 20 = 480 pixels per image
+    # both thresholds stacked on channels in every call; K' = 1 + max #present = 4
+    for chunk_pixels, calls in ((None, [(3, 8, 24, 20)]), (0, [(3, 8, 24, 20)]), (10_000, [(3, 8, 24, 20)]),
+                                (960, [(2, 8, 24, 20), (1, 8, 24, 20)]), (1, [(1, 8, 24, 20)] * 3)):
+        refiner = AvgRefine()
+        dual_threshold_pseudo_label(cam, labels, image, valid, refiner=refiner, chunk_pixels=chunk_pixels)
+        assert refiner.calls == calls, chunk_pixels
     refiner = AvgRefine()
-    dual_threshold_pseudo_label(cam, labels, image, valid, refiner=refiner)
-    # one call; both thresholds stacked on channels; K' = 1 + max #present = 4
-    assert refiner.calls == [(3, 8, 24, 20)]
+    DualThresholdPseudoLabel(refiner=refiner, chunk_pixels=480)(cam, labels, image, valid)
+    assert refiner.calls == [(1, 8, 24, 20)] * 3
 
 
 def test_batch_permutation_equivariance():
@@ -213,6 +228,10 @@ def test_validation_errors():
         dual_threshold_pseudo_label(cam, labels, high=0.3, low=0.5)
     with pytest.raises(ValueError, match="down_scale"):
         dual_threshold_pseudo_label(cam, labels, down_scale=0)
+    with pytest.raises(ValueError, match="chunk_pixels"):
+        dual_threshold_pseudo_label(cam, labels, chunk_pixels=-1)
+    with pytest.raises(ValueError, match="chunk_pixels"):
+        DualThresholdPseudoLabel(chunk_pixels=2.5)
     with pytest.raises(ValueError, match="down_scale"):
         dual_threshold_pseudo_label(cam, labels, down_scale=16)
     with pytest.raises(ValueError, match="low"):

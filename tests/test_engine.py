@@ -105,7 +105,7 @@ def test_batches_do_not_depend_on_num_workers(tmp_path):
         trainer = _tiny_trainer(tmp_path, num_workers=workers)
         it = trainer._batches(start=1)                      # resume position inside the first epoch
         batches[workers] = [next(it) for _ in range(3)]     # crosses into the second epoch (2 steps/epoch)
-    for a, b in zip(batches[0], batches[2]):
+    for a, b in zip(batches[0], batches[2], strict=True):
         assert a["name"] == b["name"]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
 
@@ -191,7 +191,7 @@ def test_evaluation_shards_sum_to_the_whole(monkeypatch):
         ([m.confusion.clone() for m in metrics], counts.clone())))
     for rank in range(2):
         evaluate_method(method, net, pseudo_set=ds, seg_set=ds, rank=rank, world_size=2)
-    conf = [a + b for a, b in zip(captured[0][0], captured[1][0])]
+    conf = [a + b for a, b in zip(captured[0][0], captured[1][0], strict=True)]
     counts = captured[0][1] + captured[1][1]
     assert int(counts[0]) == 5 and int(counts[4]) == 5
     from wsseg.metrics.segmentation_metric import miou_from_confusion
@@ -214,9 +214,8 @@ def test_multi_scale_segmentation_evaluation_matches_a_direct_computation():
         for i in range(3):
             s = ds[i]
             x = s["image"][None]
-            fit = net.fit_input
             logits = multi_scale_inference(lambda t: torch.nn.functional.interpolate(
-                net(fit(t)).seg, size=t.shape[-2:], mode="bilinear", align_corners=False), x,
+                net(net.fit_input(t)).seg, size=t.shape[-2:], mode="bilinear", align_corners=False), x,
                 scales=(1.0, 0.5, 0.75), flip=True, scale_fuse="max", flip_fuse="mean", resize_to=48)
             logits = torch.nn.functional.interpolate(logits, size=(40, 40), mode="bilinear", align_corners=False)
             ref.update(logits, s["mask"][None], s["label"][None])

@@ -12,6 +12,7 @@ from wsseg.layers import (
     minmax_normalize,
     multi_scale_cam,
     multi_scale_inputs,
+    ordered_scales,
 )
 
 
@@ -107,6 +108,52 @@ def test_multi_scale_sum_matches_spec_formula():
     assert torch.allclose(out, expected, atol=1e-6)
     assert out.dtype == torch.float32 and not out.requires_grad
     assert out.min() >= 0 and out.max() < 1
+
+
+# ---------------------------------------------------------------- scale order (official: 1.0 first, always)
+@pytest.mark.parametrize("scales", [(1.0, 0.5, 1.5), (0.5, 1.5), (0.5, 1.0, 1.5), (1.5, 1.0, 1.0, 0.5), (0.75,)])
+def test_scale_order_matches_official_loop(scales):
+    from tests.reference.official_multi_scale_cam import official_multi_scale_cam
+
+    torch.manual_seed(4)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    img = torch.rand(2, 3, 16, 20)
+    torch.testing.assert_close(multi_scale_cam(conv, img, scales=scales),
+                               official_multi_scale_cam(conv, img, scales), atol=1e-6, rtol=0)
+
+
+def test_scale_order_pass_sequence_and_as_given_option():
+    seen = []
+
+    def cam_fn(x):
+        seen.append(tuple(x.shape[-2:]))
+        return x[:, :2] * torch.linspace(-1, 2, x.shape[-1])
+
+    img = torch.rand(1, 3, 16, 20)
+    official = multi_scale_cam(cam_fn, img, scales=(0.5, 1.5))
+    assert seen == [(16, 20), (8, 10), (24, 30)]                 # scale 1 first although not listed
+    seen.clear()
+    multi_scale_cam(cam_fn, img, scales=(1.5, 1.0, 1.0))
+    assert seen == [(16, 20), (24, 30)]                          # listed 1.0 entries skipped
+    seen.clear()
+    literal = multi_scale_cam(cam_fn, img, scales=(0.5, 1.5), scale_order="as_given")
+    assert seen == [(8, 10), (24, 30)]
+    assert (official - literal).abs().max() > 0.05
+    assert ordered_scales((0.5, 1.5)) == (1.0, 0.5, 1.5)
+    assert ordered_scales((0.5, 1.0, 1.5, 1.0)) == (1.0, 0.5, 1.5)
+    assert ordered_scales((0.5, 1.5), "as_given") == (0.5, 1.5)
+    with pytest.raises(ValueError, match="scale_order"):
+        ordered_scales((1.0,), "sorted")
+
+
+def test_module_runs_official_scale_order():
+    msc = MultiScaleCAM(scales=(0.5, 1.5))
+    assert msc.run_scales == (1.0, 0.5, 1.5) and "scale_order='unit_first'" in repr(msc)
+    img = torch.rand(1, 3, 8, 8)
+    assert [tuple(x.shape[-2:]) for x in msc.make_inputs(img)] == [(8, 8), (4, 4), (12, 12)]
+    with pytest.raises(ValueError, match="run_scales"):
+        msc([torch.rand(2, 2, 4, 4), torch.rand(2, 2, 6, 6)], img)
+    assert MultiScaleCAM(scales=(0.5, 1.5), scale_order="as_given").run_scales == (0.5, 1.5)
 
 
 # ---------------------------------------------------------------- invariances

@@ -43,6 +43,33 @@ def test_structure_matches_official():
     assert [m.in_features for m in head.proj] == MIT_CHANNELS
 
 
+def test_fuse_conv_init_matches_mmcv_conv_module():
+    """mmcv ConvModule: kaiming_normal_(mode="fan_out", nonlinearity="relu") -> std sqrt(2 / fan_out) with
+    fan_out = D * 1 * 1 = 256, i.e. 0.0884 (PyTorch's default would give std 1/sqrt(3 * 1024) = 0.018)."""
+    torch.manual_seed(0)
+    head = SegFormerHead(MIT_CHANNELS, num_classes=21)            # D = 256, fuse conv 1024 -> 256
+    w = head.fuse[0].weight.detach().double()
+    expected_std = (2.0 / 256) ** 0.5
+    assert abs(float(w.std()) - expected_std) < 0.01 * expected_std        # 262,144 samples
+    assert abs(float(w.mean())) < 0.002
+    within = float((w.abs() < expected_std).double().mean())                # normal, not uniform
+    assert abs(within - 0.6827) < 0.005
+    bn = head.fuse[1]
+    assert torch.equal(bn.weight, torch.ones(256)) and torch.equal(bn.bias, torch.zeros(256))
+    no_norm = SegFormerHead([8], num_classes=2, embed_dim=64, norm="none")
+    assert torch.equal(no_norm.fuse[0].bias, torch.zeros(64))
+
+
+def test_reset_parameters_keeps_official_init():
+    head = SegFormerHead(MIT_CHANNELS, num_classes=21)
+    with torch.no_grad():
+        head.fuse[0].weight.fill_(1.0)
+        head.fuse[1].running_mean.fill_(3.0)
+    head.reset_parameters()
+    assert abs(float(head.fuse[0].weight.detach().std()) - (2.0 / 256) ** 0.5) < 0.002
+    assert torch.equal(head.fuse[1].running_mean, torch.zeros(256))
+
+
 def test_matches_manual_reference():
     """Hand-written reference: per-token linear, bilinear upsample (align_corners=False), reverse concat,
     1x1 conv, BN (eval statistics), ReLU, 1x1 conv."""

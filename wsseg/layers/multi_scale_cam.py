@@ -17,10 +17,12 @@ __all__ = [
     "minmax_normalize",
     "multi_scale_cam",
     "multi_scale_inputs",
+    "ordered_scales",
 ]
 
 _FLIP_FUSE = ("max", "sum", "mean")
 _NORMALIZE = ("minmax", None)
+_SCALE_ORDER = ("unit_first", "as_given")
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 
 
@@ -87,38 +89,86 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return out
 
 
+def ordered_scales(scales: Sequence[float] = (1.0, 0.5, 1.5),
+                   scale_order: str = "unit_first") -> tuple[float, ...]:
+    r"""The scales a multi-scale CAM pass actually runs, in order.
+
+    ``"unit_first"`` (AFA / TSCD ``multi_scale_cam``, the default): scale 1 always runs **first**, even
+    when ``scales`` omits it, followed by every other scale in list order; any 1.0 in the list is
+    skipped. ``"as_given"``: the list literally (CoSA's ``multi_scale_camseg``, which requires a 1.0 in
+    the list). Both agree for the official ``(1.0, 0.5, 1.5)``; the order matters for the sum's rounding
+    and, with train-mode passes, for drop-path randomness and BatchNorm statistics.
+
+    .. math::
+        \mathcal S_{\text{unit\_first}} = (1) \,\Vert\, (s \in \text{scales} : s \ne 1)
+
+    Args:
+        scales: resize factors (positive).
+        scale_order: ``"unit_first"`` or ``"as_given"``.
+
+    Shape:
+        - output: tuple of floats.
+
+    Raises:
+        TypeError: if ``scales`` is not a sequence of numbers.
+        ValueError: on empty / non-positive ``scales`` or an unknown ``scale_order``.
+
+    Example:
+        >>> ordered_scales((0.5, 1.5))
+        (1.0, 0.5, 1.5)
+        >>> ordered_scales((0.5, 1.0, 1.5, 1.0)), ordered_scales((0.5, 1.5), "as_given")
+        ((1.0, 0.5, 1.5), (0.5, 1.5))
+
+    Source:
+        AFA, Ru et al. CVPR 2022; github.com/rulixiang/afa, utils/camutils.py (``multi_scale_cam``: one
+        pass on the input, then ``for s in scales: if s != 1.0``); TSCD (identical copy); CoSA,
+        github.com/youshyee/CoSA, utils/seg_helper.py (``multi_scale_camseg``: the list as given).
+    """
+    scales = _check_scales(scales)
+    if scale_order not in _SCALE_ORDER:
+        raise ValueError(f"scale_order: expected one of {_SCALE_ORDER}, got {scale_order!r}")
+    if scale_order == "as_given":
+        return scales
+    return (1.0,) + tuple(s for s in scales if s != 1.0)
+
+
 def multi_scale_inputs(images: Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5), *,
-                       flip: bool = True) -> list[Tensor]:
+                       flip: bool = True, scale_order: str = "unit_first") -> list[Tensor]:
     r"""Build the network inputs of a multi-scale (+ horizontal flip) CAM pass.
 
-    For every scale :math:`s` the batch is resized bilinearly (``align_corners=False``) to
-    :math:`(\lfloor sH \rfloor, \lfloor sW \rfloor)` (scale 1 keeps the tensor unchanged) and, when
-    ``flip`` is set, concatenated with its horizontal flip along the batch axis.
+    For every scale :math:`s` of :func:`ordered_scales` (``scales`` and ``scale_order``) the batch is
+    resized bilinearly (``align_corners=False``) to :math:`(\lfloor sH \rfloor, \lfloor sW \rfloor)`
+    (scale 1 keeps the tensor unchanged) and, when ``flip`` is set, concatenated with its horizontal flip
+    along the batch axis.
 
     Args:
         images: image batch (any normalisation).
         scales: resize factors, one network pass each.
         flip: append the horizontally flipped copy (batch ``2B``).
+        scale_order: ``"unit_first"`` (official AFA/TSCD: scale 1 first and always, other 1.0 entries
+            skipped) or ``"as_given"`` (see :func:`ordered_scales`).
 
     Shape:
         - images: :math:`(B, 3, H, W)`.
         - output: list of :math:`(2B, 3, \lfloor sH \rfloor, \lfloor sW \rfloor)` tensors
-          (:math:`B` rows when ``flip=False``), one per scale, in the order of ``scales``.
+          (:math:`B` rows when ``flip=False``), one per scale of :func:`ordered_scales`.
 
     Raises:
         TypeError: if ``images`` is not a floating-point tensor.
-        ValueError: if ``images`` is not 4-D or ``scales`` is empty / non-positive.
+        ValueError: if ``images`` is not 4-D, ``scales`` is empty / non-positive or ``scale_order`` unknown.
 
     Example:
         >>> xs = multi_scale_inputs(torch.rand(2, 3, 32, 48), (1.0, 0.5))
         >>> [tuple(x.shape) for x in xs]
         [(4, 3, 32, 48), (4, 3, 16, 24)]
+        >>> [tuple(x.shape) for x in multi_scale_inputs(torch.rand(1, 3, 32, 48), (0.5,), flip=False)]
+        [(1, 3, 32, 48), (1, 3, 16, 24)]
 
     Source:
         AFA, Ru et al. CVPR 2022; github.com/rulixiang/afa, utils/camutils.py (``multi_scale_cam``).
     """
     check_tensor(images, "images", ndim=4, dims="(B, 3, H, W)", dtype="float")
-    scales = _check_scales(scales)
+    scales = ordered_scales(scales, scale_order)
     H, W = images.shape[-2:]
     out = []
     for s in scales:
@@ -226,7 +276,7 @@ def fuse_multi_scale_cams(cams: Sequence[Tensor], size: tuple[int, int], labels:
 
 def multi_scale_cam(cam_fn: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor | None = None, *,
                     scales: Sequence[float] = (1.0, 0.5, 1.5), flip: bool = True, flip_fuse: str = "max",
-                    eps: float = 1e-5) -> Tensor:
+                    eps: float = 1e-5, scale_order: str = "unit_first") -> Tensor:
     r"""Multi-scale, flip-fused, min–max normalised CAM of a network (the pseudo-label teacher signal).
 
     Runs ``cam_fn`` once per scale on the batch concatenated with its horizontal flip (under
@@ -237,7 +287,9 @@ def multi_scale_cam(cam_fn: Callable[[Tensor], Tensor], images: Tensor, labels: 
                  \mathrm{hflip}(\mathrm{up}(M(\mathrm{hflip}\,x_s))))\big)\Big)\ [\odot\, y]
 
     ``cam_fn`` is called as given: the train/eval mode of the network is the caller's choice (AFA/TSCD
-    run these passes in train mode, so drop-path is active and BN statistics are updated).
+    run these passes in train mode, so drop-path is active and BN statistics are updated). The scales
+    run in the official AFA/TSCD order by default: scale 1 first and always, then the others in list
+    order, any 1.0 in the list skipped (``scales=(0.5, 1.5)`` runs 1, 0.5, 1.5; :func:`ordered_scales`).
 
     Args:
         cam_fn: callable ``x (B', 3, h, w) -> raw CAM (B', K, h', w')`` (no ReLU, no normalisation).
@@ -247,6 +299,7 @@ def multi_scale_cam(cam_fn: Callable[[Tensor], Tensor], images: Tensor, labels: 
         flip: add the horizontal-flip pass.
         flip_fuse: ``"max"`` (official), ``"sum"`` or ``"mean"``.
         eps: denominator term of the min–max normalisation.
+        scale_order: ``"unit_first"`` (official AFA/TSCD) or ``"as_given"`` (the list literally).
 
     Shape:
         - images: :math:`(B, 3, H, W)`.
@@ -270,7 +323,7 @@ def multi_scale_cam(cam_fn: Callable[[Tensor], Tensor], images: Tensor, labels: 
     """
     if not callable(cam_fn):
         raise TypeError(f"cam_fn: expected a callable x -> CAM, got {type(cam_fn).__name__}")
-    inputs = multi_scale_inputs(images, scales, flip=flip)
+    inputs = multi_scale_inputs(images, scales, flip=flip, scale_order=scale_order)
     with torch.no_grad():
         cams = [cam_fn(x) for x in inputs]
     return fuse_multi_scale_cams(cams, tuple(images.shape[-2:]), labels, flip=flip, flip_fuse=flip_fuse,
@@ -299,9 +352,12 @@ class MultiScaleCAM(nn.Module):
         eps: denominator term of the min–max normalisation.
         mask_by_labels: multiply the result by the image labels (CoSA ``cam_validation``); ``labels``
             are then required in :meth:`forward`. When ``False``, ``labels`` are ignored.
+        scale_order: ``"unit_first"`` (official AFA/TSCD: scale 1 first and always, other 1.0 entries
+            skipped) or ``"as_given"``; the passes actually run are ``self.run_scales``
+            (:func:`ordered_scales`).
 
     Shape:
-        - cams: list of :math:`(2B, K, h_s, w_s)`, one per scale (bf16 accepted).
+        - cams: list of :math:`(2B, K, h_s, w_s)`, one per entry of ``run_scales`` (bf16 accepted).
         - images: :math:`(B, 3, H, W)` (only its size is used).
         - labels: :math:`(B, K)`.
         - output: :math:`(B, K, H, W)`, float32, in :math:`[0, 1)` with ``normalize="minmax"``.
@@ -323,7 +379,8 @@ class MultiScaleCAM(nn.Module):
     """
 
     def __init__(self, scales: Sequence[float] = (1.0, 0.5, 1.5), flip: bool = True, flip_fuse: str = "max",
-                 normalize: str | None = "minmax", eps: float = 1e-5, mask_by_labels: bool = False) -> None:
+                 normalize: str | None = "minmax", eps: float = 1e-5, mask_by_labels: bool = False,
+                 scale_order: str = "unit_first") -> None:
         super().__init__()
         if flip_fuse not in _FLIP_FUSE:
             raise ValueError(f"flip_fuse: expected one of {_FLIP_FUSE}, got {flip_fuse!r}")
@@ -332,6 +389,8 @@ class MultiScaleCAM(nn.Module):
         if eps < 0:
             raise ValueError(f"eps: expected a non-negative float, got {eps}")
         self.scales = _check_scales(scales)
+        self.scale_order = scale_order
+        self.run_scales = ordered_scales(self.scales, scale_order)
         self.flip = bool(flip)
         self.flip_fuse = flip_fuse
         self.normalize = normalize
@@ -340,14 +399,15 @@ class MultiScaleCAM(nn.Module):
 
     def make_inputs(self, images: Tensor) -> list[Tensor]:
         """Network inputs, one per scale: ``(2B, 3, ⌊sH⌋, ⌊sW⌋)`` (see :func:`multi_scale_inputs`)."""
-        return multi_scale_inputs(images, self.scales, flip=self.flip)
+        return multi_scale_inputs(images, self.run_scales, flip=self.flip, scale_order="as_given")
 
     def forward(self, cams: Sequence[Tensor], images: Tensor, labels: Tensor | None = None) -> Tensor:
         """Fuse the per-scale raw CAMs; ``images`` only gives the output size :math:`(H, W)`."""
         check_tensor(images, "images", ndim=4, dims="(B, 3, H, W)")
-        if not isinstance(cams, Sequence) or isinstance(cams, Tensor) or len(cams) != len(self.scales):
+        if not isinstance(cams, Sequence) or isinstance(cams, Tensor) or len(cams) != len(self.run_scales):
             got = len(cams) if isinstance(cams, Sequence) and not isinstance(cams, Tensor) else type(cams).__name__
-            raise ValueError(f"cams: expected a list of {len(self.scales)} tensors (one per scale), got {got}")
+            raise ValueError(f"cams: expected a list of {len(self.run_scales)} tensors (one per scale of "
+                             f"run_scales={self.run_scales}), got {got}")
         if self.mask_by_labels and labels is None:
             raise ValueError("labels: required (B, K) tensor when mask_by_labels=True, got None")
         out = fuse_multi_scale_cams(cams, tuple(images.shape[-2:]), labels if self.mask_by_labels else None,
@@ -359,5 +419,6 @@ class MultiScaleCAM(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (f"scales={self.scales}, flip={self.flip}, flip_fuse={self.flip_fuse!r}, "
-                f"normalize={self.normalize!r}, eps={self.eps}, mask_by_labels={self.mask_by_labels}")
+        return (f"scales={self.scales}, scale_order={self.scale_order!r}, flip={self.flip}, "
+                f"flip_fuse={self.flip_fuse!r}, normalize={self.normalize!r}, eps={self.eps}, "
+                f"mask_by_labels={self.mask_by_labels}")

@@ -11,7 +11,12 @@ from torch import Tensor, nn
 
 from wsseg.utils.validation import check_labels, check_same_spatial, check_shape, check_tensor
 
-__all__ = ["DualThresholdPseudoLabel", "dual_threshold_pseudo_label", "varm_pseudo_label"]
+__all__ = ["DEFAULT_CHUNK_PIXELS", "DualThresholdPseudoLabel", "dual_threshold_pseudo_label",
+           "varm_pseudo_label"]
+
+#: Internal-resolution pixels per refiner call of the pseudo-label builders (images are grouped into chunks
+#: of at most ``max(1, DEFAULT_CHUNK_PIXELS // (h w))``; see ``docs/benchmarks.rst``).
+DEFAULT_CHUNK_PIXELS = 16384
 
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 
@@ -20,6 +25,12 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type in _AUTOCAST_DEVICES:
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def _check_chunk(chunk_pixels: int | None) -> None:
+    if chunk_pixels is not None and (isinstance(chunk_pixels, bool) or not isinstance(chunk_pixels, int)
+                                     or chunk_pixels < 0):
+        raise ValueError(f"chunk_pixels: expected a non-negative int or None, got {chunk_pixels!r}")
 
 
 def _check_params(high: float, low: float, down_scale: int) -> None:
@@ -32,7 +43,8 @@ def _check_params(high: float, low: float, down_scale: int) -> None:
 def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | None = None,
                                 valid: Tensor | None = None, *, high: float = 0.55, low: float = 0.35,
                                 down_scale: int = 2, refiner: nn.Module | None = None,
-                                ignore_index: int = 255) -> Tensor:
+                                ignore_index: int = 255,
+                                chunk_pixels: int | None = DEFAULT_CHUNK_PIXELS) -> Tensor:
     r"""Build a pseudo label from a normalised CAM with a high and a low background score.
 
     For each threshold :math:`\tau \in \{\tau_{hi}, \tau_{lo}\}` a constant background channel is
@@ -51,13 +63,18 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
     interpolation: class :math:`\arg\max_k \hat M_k` where :math:`\max_k \hat M_k > \tau_{hi}`,
     background where :math:`\max_k \hat M_k < \tau_{lo}`.
 
-    Implementation (vectorised, no loop over images): the present channels of every image are gathered
-    into a dense block of width :math:`K'_{max} = 1 + \max_b \sum_k y_{bk}` (padding channels get
-    probability 0 through a :math:`-\infty` logit), both thresholds are stacked along the channel axis
-    and the refiner runs **once** on the whole batch. This equals the official per-image loop because the
-    refiners act on every channel independently with the same image kernel and a zero channel stays
-    zero; padding channels are masked again before the argmax (VARM can produce slightly negative
-    scores). Runs under ``torch.no_grad()`` in float32 with autocast disabled.
+    Implementation: the present channels of every image are gathered into a dense block of width
+    :math:`K'_{max} = 1 + \max_b \sum_k y_{bk}` (padding channels get probability 0 through a
+    :math:`-\infty` logit) and both thresholds are stacked along the channel axis, so every image needs
+    **one** refiner call for both thresholds (the official loop builds the refiner's image kernel twice
+    per image). Everything after the channel selection (gather, downsampling, softmax, refiner,
+    upsampling, argmax, merge) runs on chunks of images of at most ``chunk_pixels`` internal pixels (at
+    least one image): one chunk for small inputs, one image per chunk at realistic crops, where a
+    whole-batch refiner call is slower (its kernel and neighbour buffers leave the CPU caches) and needs
+    more memory than the official loop (``docs/benchmarks.rst``). This equals the official per-image loop
+    because the refiners act on every channel independently with the same image kernel and a zero
+    channel stays zero; padding channels are masked again before the argmax (VARM can produce slightly
+    negative scores). Runs under ``torch.no_grad()`` in float32 with autocast disabled.
 
     Args:
         cam: normalised CAM :math:`\hat M` in [0, 1], all :math:`K` channels.
@@ -72,6 +89,9 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
             (:class:`~wsseg.layers.PixelAdaptiveRefine`, :class:`~wsseg.layers.VariationAwareRefine`,
             :class:`~wsseg.layers.PAMR`) or ``None``.
         ignore_index: label value of ignored pixels.
+        chunk_pixels: internal pixels :math:`n\,h\,w` per refiner call (images per call
+            :math:`n = \max(1, \lfloor \text{chunk\_pixels} / (h w) \rfloor)`); ``None`` or 0: the
+            whole batch in one call. The result does not depend on it.
 
     Shape:
         - cam: :math:`(B, K, H, W)`.
@@ -83,7 +103,7 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
     Raises:
         TypeError: on a wrong dtype (``cam``/``image`` float, ``valid`` bool).
         ValueError: on wrong shapes, ``low > high``, a non-positive ``down_scale`` or one too large for
-            the input, or a ``refiner`` without ``image``.
+            the input, a negative ``chunk_pixels``, or a ``refiner`` without ``image``.
 
     Example:
         >>> cam = torch.tensor([[[[0.9, 0.9], [0.45, 0.1]], [[0.2, 0.2], [0.3, 0.8]]]])
@@ -100,6 +120,7 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
     B, K, H, W = cam.shape
     check_labels(labels, "labels", B, K)
     _check_params(high, low, down_scale)
+    _check_chunk(chunk_pixels)
     h, w = H // down_scale, W // down_scale
     if h < 1 or w < 1:
         raise ValueError(f"down_scale: {down_scale} is too large for the input size {(H, W)}")
@@ -122,24 +143,42 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :n_keep]  # (B, K')
         kept = keep.gather(1, order)                                                          # (B, K')
         fg_idx = (order[:, 1:] - 1).clamp(min=0)                                              # channel 0 = bkg
-        cam_k = cam.gather(1, fg_idx[:, :, None, None].expand(-1, -1, H, W))                  # (B, K'-1, H, W)
-        bkg = cam.new_tensor([high, low])[None, :, None, None].expand(B, 2, H, W)
-        z = F.interpolate(torch.cat([bkg, cam_k], dim=1), size=(h, w), mode="bilinear", align_corners=False)
-        # (B, 2, K', h, w): [tau_hi | fg], [tau_lo | fg]
-        z = torch.stack([torch.cat([z[:, t:t + 1], z[:, 2:]], dim=1) for t in (0, 1)], dim=1)
-        pad = ~kept[:, None, :, None, None]
-        probs = z.masked_fill(pad, float("-inf")).softmax(dim=2).reshape(B, 2 * n_keep, h, w)
-        if refiner is not None:
-            img = F.interpolate(image.detach().float(), size=(h, w), mode="bilinear", align_corners=False)
-            probs = refiner(img, probs)
-        probs = F.interpolate(probs, size=(H, W), mode="bilinear", align_corners=False)
-        probs = probs.reshape(B, 2, n_keep, H, W).masked_fill(pad, float("-inf"))
-        arg = probs.argmax(dim=2)                                                              # (B, 2, H, W)
-        y = order[:, None, :, None, None].expand(-1, 2, -1, H, W).gather(2, arg[:, :, None]).squeeze(2)
-        y_hi, y_lo = y[:, 0], y[:, 1]
-        out = y_hi.clone()
-        out[y_hi == 0] = ignore_index
-        out[(y_hi == 0) & (y_lo == 0)] = 0
+        pad = ~kept[:, None, :, None, None]                                                   # (B, 1, K', 1, 1)
+        # the two constant background planes, resized once (bilinear acts on every channel independently,
+        # so this equals resizing [tau 1, M] per image)
+        bkg = cam.new_tensor([high, low])[None, :, None, None].expand(1, 2, H, W)
+        z_bg = F.interpolate(bkg, size=(h, w), mode="bilinear", align_corners=False)[:, :, None]  # (1,2,1,h,w)
+        # everything else runs on chunks of images: the refiner's working set (its kernel and neighbour
+        # buffers, O(48 h w) per image) and the full-resolution maps stay cache- and memory-friendly;
+        # every image still gets one refiner call for both thresholds.
+        step = max(1, int(chunk_pixels) // (h * w)) if chunk_pixels else B
+        out = torch.empty(B, H, W, dtype=torch.long, device=cam.device)
+        for start in range(0, B, step):
+            sl = slice(start, start + step)
+            b = min(step, B - start)
+            # (b, 2, K', h, w): [tau_hi | present classes], [tau_lo | present classes]
+            z = torch.empty(b, 2, n_keep, h, w, dtype=cam.dtype, device=cam.device)
+            z[:, :, :1] = z_bg
+            if n_keep > 1:
+                cam_k = cam[sl].gather(1, fg_idx[sl, :, None, None].expand(-1, -1, H, W))  # (b, K'-1, H, W)
+                z[:, :, 1:] = F.interpolate(cam_k, size=(h, w), mode="bilinear", align_corners=False)[:, None]
+                del cam_k
+            probs = z.masked_fill_(pad[sl], float("-inf")).softmax(dim=2).view(b, 2 * n_keep, h, w)
+            del z
+            if refiner is not None:
+                img = F.interpolate(image[sl].detach().float(), size=(h, w), mode="bilinear",
+                                    align_corners=False)
+                probs = refiner(img, probs)
+                del img
+            p = F.interpolate(probs, size=(H, W), mode="bilinear", align_corners=False)
+            del probs
+            p = p.view(b, 2, n_keep, H, W).masked_fill_(pad[sl], float("-inf"))
+            arg = p.argmax(dim=2)                                                       # (b, 2, H, W)
+            del p
+            # kept channel 0 is the background: Y_hi if it is a class, else 0 where Y_lo is background too
+            y_hi = order[sl].gather(1, arg[:, 0].flatten(1)).view(b, H, W)
+            bg_hi, bg_lo = arg[:, 0] == 0, arg[:, 1] == 0
+            out[sl] = y_hi.masked_fill_(bg_hi, ignore_index).masked_fill_(bg_hi & bg_lo, 0)
         if valid is not None:
             out[~valid] = ignore_index
     return out
@@ -179,6 +218,7 @@ class DualThresholdPseudoLabel(nn.Module):
         down_scale: internal downsampling factor.
         refiner: parameter-free refiner module or ``None``.
         ignore_index: label value of ignored pixels.
+        chunk_pixels: internal pixels per refiner call (see :func:`dual_threshold_pseudo_label`).
 
     Shape:
         - cam: :math:`(B, K, H, W)` in [0, 1]; labels: :math:`(B, K)`;
@@ -186,7 +226,8 @@ class DualThresholdPseudoLabel(nn.Module):
         - output: :math:`(B, H, W)`, int64 in :math:`\{0, \dots, K\} \cup \{\text{ignore}\}`.
 
     Raises:
-        ValueError: if ``low > high`` or ``down_scale`` is not a positive int (and see the function).
+        ValueError: if ``low > high``, ``down_scale`` is not a positive int or ``chunk_pixels`` is negative
+            (and see the function).
 
     Example:
         >>> builder = DualThresholdPseudoLabel(high=0.7, low=0.25)  # CoSA VOC aux preset
@@ -203,9 +244,11 @@ class DualThresholdPseudoLabel(nn.Module):
     """
 
     def __init__(self, high: float = 0.55, low: float = 0.35, down_scale: int = 2,
-                 refiner: nn.Module | None = None, ignore_index: int = 255) -> None:
+                 refiner: nn.Module | None = None, ignore_index: int = 255,
+                 chunk_pixels: int | None = DEFAULT_CHUNK_PIXELS) -> None:
         super().__init__()
         _check_params(high, low, down_scale)
+        _check_chunk(chunk_pixels)
         if refiner is not None and not callable(refiner):
             raise TypeError(f"refiner: expected a callable module or None, got {type(refiner).__name__}")
         self.high = high
@@ -213,22 +256,23 @@ class DualThresholdPseudoLabel(nn.Module):
         self.down_scale = down_scale
         self.refiner = refiner
         self.ignore_index = ignore_index
+        self.chunk_pixels = chunk_pixels
 
     def forward(self, cam: Tensor, labels: Tensor, image: Tensor | None = None,
                 valid: Tensor | None = None) -> Tensor:
         """Pseudo label ``(B, H, W)``; see :func:`dual_threshold_pseudo_label`."""
         return dual_threshold_pseudo_label(cam, labels, image, valid, high=self.high, low=self.low,
                                            down_scale=self.down_scale, refiner=self.refiner,
-                                           ignore_index=self.ignore_index)
+                                           ignore_index=self.ignore_index, chunk_pixels=self.chunk_pixels)
 
     def extra_repr(self) -> str:
         return (f"high={self.high}, low={self.low}, down_scale={self.down_scale}, "
-                f"ignore_index={self.ignore_index}")
+                f"ignore_index={self.ignore_index}, chunk_pixels={self.chunk_pixels}")
 
 
 def varm_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor, valid: Tensor | None = None, *,
                       high: float = 0.55, low: float = 0.35, down_scale: int = 2, ignore_index: int = 255,
-                      **varm_kwargs: Any) -> Tensor:
+                      chunk_pixels: int | None = DEFAULT_CHUNK_PIXELS, **varm_kwargs: Any) -> Tensor:
     r"""TSCD's pseudo label: the dual-threshold builder with the variation-aware refiner (VARM).
 
     Equivalent to ``dual_threshold_pseudo_label(cam, labels, image, valid, high=0.55, low=0.35,
@@ -247,7 +291,7 @@ def varm_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor, valid: Tensor 
             ``wsseg.utils.denormalize(x, mode="truncate_uint8")`` (VARM's variation term depends on the
             intensity scale).
         valid: real-image region of a padded crop.
-        high, low, down_scale, ignore_index: as in :func:`dual_threshold_pseudo_label`.
+        high, low, down_scale, ignore_index, chunk_pixels: as in :func:`dual_threshold_pseudo_label`.
         **varm_kwargs: forwarded to :class:`~wsseg.layers.VariationAwareRefine` (e.g. ``num_iter``).
 
     Shape:
@@ -275,4 +319,5 @@ def varm_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor, valid: Tensor 
     if image is None:
         raise ValueError("image: required (B, 3, H, W) image in [0, 1] for the VARM builder, got None")
     return dual_threshold_pseudo_label(cam, labels, image, valid, high=high, low=low, down_scale=down_scale,
-                                       refiner=VariationAwareRefine(**varm_kwargs), ignore_index=ignore_index)
+                                       refiner=VariationAwareRefine(**varm_kwargs), ignore_index=ignore_index,
+                                       chunk_pixels=chunk_pixels)

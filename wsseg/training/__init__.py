@@ -1,6 +1,16 @@
 """The shared training engine (:class:`Trainer`, DDP, AMP, exact resume, evaluation), the protocol a
 method implements (:class:`TrainingMethod`), the methods' recipes and loop helpers."""
 
+from .distributed import (
+    DistributedEnv,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+    unwrap_model,
+)
+from .evaluation import evaluate_method, format_summary
 from .loop import (
     CSVLogger,
     build_optimizer,
@@ -12,8 +22,6 @@ from .loop import (
     save_checkpoint,
     seed_everything,
 )
-from .distributed import DistributedEnv, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed, init_distributed, unwrap_model
-from .evaluation import evaluate_method, format_summary
 from .method import TrainingMethod
 from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
 from .trainer import TrainConfig, Trainer

@@ -51,7 +51,8 @@ class TSCDRecipe:
         lr: base (encoder) learning rate 6e-5; ``head_lr_mult`` (10) for classifier, affinity conv and
             decoder; ``encoder_norm_lr_mult`` (0: encoder norms frozen).
         weight_decay, betas, adam_eps: AdamW.
-        cam_scales, cam_flip: multi-scale CAM teacher (1, 0.5, 1.5) + h-flip.
+        cam_scales, cam_flip: multi-scale CAM teacher (1, 0.5, 1.5) + h-flip. As in the official loop,
+            scale 1 always runs first and other 1.0 entries are skipped (:func:`~wsseg.layers.ordered_scales`).
         cam_eval_threshold: background threshold of the CAM diagnostic / the ``cam`` recipe label (0.45).
         high, low: background thresholds of the training pseudo label (0.55 / 0.35).
         pseudo_down_scale: VARM runs at 1/2 of the crop.
@@ -61,7 +62,15 @@ class TSCDRecipe:
         scd_num_samples: S, samples per side (40 → 1,600 points per view).
         scd_mask_absent_classes: option (off): multiply the SCD teacher CAM by the image labels.
         w_cls, w_seg, w_reg, w_aff, w_scd: loss weights 1 / 0.1 / 0.01 / 0.1 / 0.1. A zero weight skips
-            the term (and, for ``w_scd``, the second view).
+            the term (and, for ``w_scd``, the second view); the parameters it would reach still get an
+            exact zero gradient unless ``skip_zero_weighted_terms``.
+        skip_zero_weighted_terms: option (off). The official code computes the terms that are inactive
+            (all but :math:`L_{cls}` for ``step <= cam_iters``) and multiplies them by 0, so the decoder and
+            the affinity head receive **zero** gradients, not none: AdamW still applies weight decay to them
+            and advances their step counters (bias correction). Faithful default: those terms are not
+            computed, but the outputs they would use are added to the loss times 0, which gives the same
+            exact zero gradients. ``True`` skips them entirely (no gradient: AdamW leaves the parameters
+            untouched, a different trajectory, ``common.md`` §11.2).
         seg_fg_alpha: foreground weight of :class:`~wsseg.losses.BalancedSegmentationLoss` (0.5).
         energy_sigma_rgb, energy_sigma_xy, energy_scale, energy_weight, energy_gradient: the
             :class:`~wsseg.losses.DenseEnergyLoss` (15, 100, 0.5, 1e-7, ``"official"``). On CPU,
@@ -115,6 +124,7 @@ class TSCDRecipe:
     energy_chunk_size: int = 4096
     denormalize: str = "truncate_uint8"
     teacher_mode: str = "train"
+    skip_zero_weighted_terms: bool = False
     seed: int = 1
     _pinned: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -321,9 +331,17 @@ class TSCDTrainingStep:
 
     1. forward **with gradients**: :math:`(\text{cls}, \text{seg}, \cdot, \hat A) = f(x)`;
        :math:`L_{cls} = \mathrm{MultiLabelSoftMargin}(\text{cls}, y)`.
-       If :math:`n \le` ``cam_iters`` (or ``recipe="cam"``): :math:`L = w_{cls} L_{cls}` and stop —
-       deviation: the official code also computes the other terms and multiplies them by 0; wsseg does
-       not compute them (identical unless a term is NaN).
+       If :math:`n \le` ``cam_iters``: :math:`L = w_{cls} L_{cls} + 0 \cdot (\sum \text{seg} + \sum \hat A)`
+       and stop. The official code computes every other term and multiplies it by 0; the zero-weighted
+       sum gives the parameters those terms reach (decoder, affinity head) the same **exact zero
+       gradients** without computing the terms, so AdamW's weight decay and step counters behave as
+       officially (``skip_zero_weighted_terms=True``: plain :math:`L = w_{cls} L_{cls}`, no gradient).
+       The seg forward still runs, so the decoder's BatchNorm statistics are updated by it; the teacher
+       CAM passes and the 0.3× view are not run in this phase (officially they are, adding 7 more BN
+       updates per iteration: this only changes the running statistics during the phase, which are
+       forgotten within a few iterations after it, momentum 0.1). NaN: a NaN/inf in seg or
+       :math:`\hat A` makes the loss NaN as officially (0·NaN = NaN); a NaN that only a skipped term would
+       produce does not. ``recipe="cam"``: :math:`L = w_{cls} L_{cls}` always (baseline, no zero term).
     2. teacher :math:`M = \mathrm{MultiScaleCAM}(x)` (no grad; network in train mode, faithful).
     3. :math:`x' = \mathrm{resize}_{0.3}(x)` (bilinear, ``align_corners=True``); second forward **with
        gradients** → seg'; teacher :math:`M' = \mathrm{MultiScaleCAM}(x')`.
@@ -339,7 +357,8 @@ class TSCDTrainingStep:
     The official "equivariant regularisation" :math:`0.1\,L_{er}` is **not implemented**: both its
     operands are no-grad CAMs, so it has no effect on training (it only shifts the logged total; it also
     drops the aeroplane channel by an index bug). A term with weight 0 is skipped (``w_scd=0`` also skips
-    the second view).
+    the second view); as in the classification-only phase, the parameters that only it would reach get an
+    exact zero gradient unless ``skip_zero_weighted_terms=True``.
 
     Inputs whose size is set by a scale factor (the 0.3× view and the CAM scales) are resized to the
     backbone's constraints with :func:`fit_to_stride` (ViT: multiples of the patch size; MiT: a minimum
@@ -459,7 +478,12 @@ class TSCDTrainingStep:
         l_cls = F.multilabel_soft_margin_loss(out.cls, y)
         logs: dict[str, float] = {"loss_cls": float(l_cls.detach())}
         loss = r.w_cls * l_cls
-        if r.recipe == "cam" or step <= r.cam_iters:
+        if r.recipe == "cam":
+            logs["loss"] = float(loss.detach())
+            return loss, logs
+        if step <= r.cam_iters:
+            if not r.skip_zero_weighted_terms:
+                loss = loss + _zero_weighted(out.seg, out.aff)
             logs["loss"] = float(loss.detach())
             return loss, logs
 
@@ -498,6 +522,12 @@ class TSCDTrainingStep:
             l_reg = self.energy_loss(torch.softmax(seg.float(), dim=1), img255, v, pseudo)
             loss = loss + r.w_reg * l_reg
             logs["loss_reg"] = float(l_reg.detach())
+        if not r.skip_zero_weighted_terms:
+            # outputs that no computed term used: exact zero gradients, as the official 0-weighted terms
+            unused = [out.seg] if max(r.w_seg, r.w_reg, r.w_scd) == 0 else []
+            unused += [out.aff] if r.w_aff == 0 else []
+            if unused:
+                loss = loss + _zero_weighted(*unused)
 
         logs["loss"] = float(loss.detach())
         logs["pseudo_ignore_frac"] = float((pseudo == 255).float().mean())
@@ -506,6 +536,18 @@ class TSCDTrainingStep:
 
     def __repr__(self) -> str:
         return f"TSCDTrainingStep(recipe={self.recipe.recipe!r}, cam_iters={self.recipe.cam_iters})"
+
+
+def _zero_weighted(*outputs: Tensor) -> Tensor:
+    """``0 * sum(outputs)``: exact zero gradients for every parameter the outputs depend on.
+
+    The sums run in float32 (no fp16 overflow to inf, which would turn 0·inf into NaN); the result is
+    exactly 0 for finite outputs and NaN otherwise, as the official zero-weighted terms.
+    """
+    total = outputs[0].sum(dtype=torch.float32)
+    for t in outputs[1:]:
+        total = total + t.sum(dtype=torch.float32)
+    return total * 0.0
 
 
 def _token_grid(model: nn.Module, aff: Tensor, x: Tensor) -> tuple[int, int]:
@@ -537,7 +579,7 @@ def tscd_training_step(model: nn.Module, batch: Mapping[str, Tensor], step: int,
         >>> from wsseg import create_model
         >>> net = create_model("tscd", backbone="mit_b0", num_classes=2, decoder_dim=8)
         >>> batch = {"image": torch.randn(2, 3, 64, 64), "label": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
-        >>> loss, logs = tscd_training_step(net, batch, step=0)   # step <= cam_iters: L_cls only
+        >>> loss, logs = tscd_training_step(net, batch, step=0)   # step <= cam_iters: only L_cls is computed
         >>> sorted(logs)
         ['loss', 'loss_cls']
 
@@ -553,8 +595,8 @@ class TSCDMethod(TrainingMethod):
 
     ``recipe.recipe == "cam"`` gives the classification-only CAM baseline (same model, data and schedule).
     DDP runs with ``find_unused_parameters=True`` as the official launcher does (the second view's
-    classification and affinity outputs, and everything but the classifier during the
-    classification-only phase, receive no gradient).
+    classification and affinity outputs are unused; with ``skip_zero_weighted_terms=True`` everything but
+    the encoder and the classifier receives no gradient during the classification-only phase).
 
     Args:
         recipe: a :class:`TSCDRecipe` (default: the official one).

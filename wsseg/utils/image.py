@@ -54,12 +54,19 @@ def denormalize(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[
 
     .. math::
         \hat I &= x \sigma + \mu \quad (\texttt{mode="float"}), \\
-        \hat I &= \lfloor 255 (x \sigma + \mu) \rfloor_{\text{uint8}} / 255 \quad (\texttt{mode="truncate_uint8"})
+        \hat I &= \big\lfloor x \cdot (255\sigma) + 255\mu \big\rfloor_{\text{uint8}} / 255
+            \quad (\texttt{mode="truncate_uint8"})
 
-    ``"truncate_uint8"`` reproduces TSCD/AFA's ``denormalize_img2``: the value is cast to uint8 by
-    truncation toward zero with **no clamp and no rounding** (values outside [0, 255] wrap modulo 256,
-    as a C cast does), then divided by 255. The TSCD faithful preset uses it because VARM's variation
-    term depends on the intensity scale.
+    ``"truncate_uint8"`` reproduces TSCD/AFA's ``denormalize_img2`` bit for bit: the official arithmetic is
+    float32 ``x * 58.395 + 123.675`` (and 57.12 / 116.28, 57.375 / 103.53), i.e. one float32 product with
+    the 0–255 standard deviation and one float32 sum with the 0–255 mean, each rounded, then a cast to
+    uint8 by truncation toward zero with **no clamp and no rounding** (values outside [0, 255] wrap
+    modulo 256, as a C cast does), then a division by 255. The constants are :math:`255\sigma_c` and
+    :math:`255\mu_c` rounded to float32 (equal to the official literals for the ImageNet statistics).
+    Computing :math:`(x\sigma + \mu) \cdot 255` instead lands one grey level lower on about a third of
+    the (level, channel) cases. The computation always runs in float32 (the result is cast back to the
+    dtype of ``x``). The TSCD faithful preset uses this mode because VARM's variation term depends on the
+    intensity scale.
 
     Args:
         x: normalised images.
@@ -81,16 +88,21 @@ def denormalize(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[
         153
 
     Source:
-        TSCD ``utils/imutils.py`` (``denormalize_img2``), Rongtao-Xu/RepresentationLearning.
+        TSCD ``utils/imutils.py`` (``denormalize_img``, ``denormalize_img2``),
+        github.com/Rongtao-Xu/RepresentationLearning (SCD-AAAI2023); identical in AFA,
+        github.com/rulixiang/afa.
     """
     check_tensor(x, "x", ndim=4, dims="(B, 3, H, W)", dtype="float")
     if mode not in ("float", "truncate_uint8"):
         raise ValueError(f"mode: expected 'float' or 'truncate_uint8', got {mode!r}")
-    m, s = _stats(x, mean, std)
-    img = x * s + m
     if mode == "float":
-        return img
-    v = torch.trunc(img * 255.0)
+        m, s = _stats(x, mean, std)
+        return x * s + m
+    xf = x.float()
+    # 0-255 constants: 255 * std / mean in double, then float32 (= the official literals for ImageNet)
+    m255, s255 = _stats(xf, [255.0 * float(v) for v in mean], [255.0 * float(v) for v in std])
+    img = xf * s255       # two separately rounded float32 operations, as the official per-channel
+    img = img + m255      # `x[:, c] * std[c] + mean[c]` (no fused multiply-add)
     # C-style cast to uint8: truncation toward zero, then wrap modulo 256.
-    v = torch.remainder(v, 256.0)
-    return v / 255.0
+    v = torch.remainder(torch.trunc(img), 256.0)
+    return (v / 255.0).to(x.dtype)
