@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import DistributedEnv, barrier, broadcast_buffers, init_distributed, unwrap_model
+from .distributed import (
+    DistributedEnv,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    init_distributed,
+    unwrap_model,
+)
 from .evaluation import evaluate_method, format_summary
 from .loop import CSVLogger, load_checkpoint, move_batch, progress, save_checkpoint
 from .method import TrainingMethod
@@ -262,8 +269,7 @@ class Trainer:
 
     def _check_finite(self, loss: torch.Tensor, logs: dict[str, float], step: int) -> None:
         bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0])
-        if self.env.distributed:  # every rank must stop together, not hang in the next all-reduce
-            torch.distributed.all_reduce(bad.to(self.env.device) if self.env.backend == "nccl" else bad)
+        all_reduce_sum(bad)  # every rank must stop together, not hang in the next all-reduce (no-op for one)
         if float(bad) > 0:
             terms = {k: v for k, v in logs.items() if k.startswith("loss")}
             raise FloatingPointError(f"non-finite loss at step {step} (on at least one rank); terms: {terms}; "
