@@ -9,7 +9,53 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TrainingMethod"]
+__all__ = ["TrainingMethod", "check_training_batch"]
+
+
+def check_training_batch(batch: Mapping[str, Tensor], model: nn.Module, step: int,
+                         extra_images: tuple[str, ...] = ()) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate a training batch; returns ``(image, labels as image dtype, valid as bool or None)``.
+
+    Args:
+        batch: dict with ``image`` (B, 3, H, W) float, ``label`` (B, K), optional ``valid`` (B, H, W) and
+            the keys in ``extra_images`` (further views of the same shape as ``image``).
+        model: the (possibly wrapped) network; its ``num_classes`` (if any) is checked against K.
+        step: the iteration (must be non-negative).
+
+    Raises:
+        ValueError: for a batch that is not a dict with ``image`` and ``label``, disagreeing shapes or a
+            negative step.
+        TypeError: for a non-floating-point image or a wrongly typed ``valid`` mask.
+    """
+    from ..utils.validation import check_labels, check_tensor
+    from .distributed import unwrap_model
+
+    if not isinstance(batch, Mapping) or "image" not in batch or "label" not in batch:
+        raise ValueError("batch: expected a dict with at least 'image' (B, 3, H, W) and 'label' (B, K)")
+    x = check_tensor(batch["image"], "batch['image']", ndim=4, dims="(B, 3, H, W)", dtype="float")
+    for key in extra_images:
+        if key not in batch:
+            raise ValueError(f"batch: expected a {key!r} entry (B, 3, H, W) next to 'image'")
+        v = check_tensor(batch[key], f"batch[{key!r}]", ndim=4, dims="(B, 3, H, W)", dtype="float")
+        if v.shape != x.shape:
+            raise ValueError(f"batch[{key!r}]: expected the shape of batch['image'] {tuple(x.shape)}, "
+                             f"got {tuple(v.shape)}")
+    y = batch["label"]
+    check_tensor(y, "batch['label']", ndim=2, dims="(B, K)")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"batch['label']: expected (B, K) with B={x.shape[0]}, got shape {tuple(y.shape)}")
+    if out_k := getattr(unwrap_model(model), "num_classes", None):
+        check_labels(y, "batch['label']", x.shape[0], out_k)
+    valid = batch.get("valid")
+    if valid is not None:
+        check_tensor(valid, "batch['valid']", ndim=3, dims="(B, H, W)", dtype="bool_or_int")
+        if tuple(valid.shape) != (x.shape[0], *x.shape[-2:]):
+            raise ValueError(f"batch['valid']: expected shape {(x.shape[0], *x.shape[-2:])}, "
+                             f"got {tuple(valid.shape)}")
+        valid = valid.bool()
+    if int(step) < 0:
+        raise ValueError(f"step: expected a non-negative int, got {step}")
+    return x, y.to(x.dtype), valid
 
 
 class TrainingMethod:
@@ -27,6 +73,11 @@ class TrainingMethod:
     * ``training_step(model, batch, step) -> (loss, logs)``: a scalar tensor with grad and a dict of
       floats; ``model`` may be wrapped (DDP, ``torch.compile``): call it for gradient-carrying forwards
       and use :func:`~wsseg.training.unwrap_model` for attributes;
+    * ``train_transform(long_side)``: the per-sample training transform (default: the AFA/TSCD
+      :func:`~wsseg.data.train_transform` from the recipe's ``crop_size``, ``scale_range`` and ``seed``);
+      a method with its own views (CoSA's weak/strong pair) returns its own;
+    * ``setup(model, device)``: called by the engine once the model is on its device, before a resume
+      loads checkpoints (move or build method-owned networks such as an EMA teacher);
     * ``after_optimizer_step(model, step)``: hook after every optimizer step (EMA teachers, queues);
     * ``cam(model, images)``: normalised CAM ``(B, K, H, W)`` in [0, 1] at the images' size;
     * ``pseudo_label(model, images, labels, valid, cam)``: the training target ``(B, H, W)`` in
@@ -66,6 +117,22 @@ class TrainingMethod:
         from .loop import build_scheduler
 
         return build_scheduler(optimizer, self.recipe)
+
+    def train_transform(self, long_side: int | None = None) -> Any:
+        """The per-sample training transform ``t(sample, rng) -> sample`` (see :mod:`wsseg.data.transforms`).
+
+        Default: :func:`~wsseg.data.train_transform` (rescale, flip, crop with zero padding, normalise) with
+        the recipe's ``crop_size``, ``scale_range`` (default (0.5, 2.0)) and ``seed``; ``long_side`` first
+        resizes every photo so its longer side has that length (``--train-long-side``).
+        """
+        from ..data import train_transform
+
+        r = self.recipe
+        return train_transform(r.crop_size, scale_range=getattr(r, "scale_range", (0.5, 2.0)), seed=r.seed,
+                               long_side=long_side)
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Called once by the engine after ``model`` was moved to ``device`` (before resuming). Default: nothing."""
 
     # ------------------------------------------------------------------ training
     def training_step(self, model: nn.Module, batch: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:

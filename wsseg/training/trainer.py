@@ -288,6 +288,7 @@ class Trainer:
         if cfg.sync_bn and env.distributed:
             core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
         core.train()
+        method.setup(core, env.device)
         optimizer = method.build_optimizer(core)
         scheduler = method.build_scheduler(optimizer)
         scaler = torch.amp.GradScaler(env.device.type) if cfg.amp == "fp16" else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,9 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.image import denormalize
-from ..utils.validation import check_labels, check_tensor
 from .distributed import unwrap_model
-from .method import TrainingMethod
+from .method import TrainingMethod, check_training_batch
+from .recipe import RecipeMixin
 
 __all__ = ["TSCDMethod", "TSCDRecipe", "TSCDTrainingStep", "fit_to_stride", "tscd_training_step"]
 
@@ -24,7 +23,7 @@ _DENORMALIZE = ("truncate_uint8", "float")
 
 
 @dataclass
-class TSCDRecipe:
+class TSCDRecipe(RecipeMixin):
     """Every hyperparameter of the TSCD training recipe, with the official values as defaults.
 
     Official values: ``scripts/dist_train_voc.py``, ``configs/voc_attn_reg.yaml``,
@@ -174,11 +173,6 @@ class TSCDRecipe:
             raise ValueError(f"name: expected one of {_RECIPES + ('tscd_crop320',)}, got {name!r}")
         return cls(recipe=name, **overrides)
 
-    def replace(self, **changes: Any) -> TSCDRecipe:
-        """A copy with ``changes`` applied (changed fields are remembered as explicitly set)."""
-        pinned = tuple(sorted(set(self._pinned) | set(changes)))
-        return dataclasses.replace(self, _pinned=pinned, **changes)
-
     def scaled(self, iters: int) -> TSCDRecipe:
         """A copy for a run of ``iters`` iterations keeping the official schedule fractions.
 
@@ -193,82 +187,7 @@ class TSCDRecipe:
             >>> TSCDRecipe.from_overrides(["cam_iters=5"]).scaled(400).cam_iters
             5
         """
-        if int(iters) < 1:
-            raise ValueError(f"iters: expected a positive int, got {iters}")
-        changes: dict[str, Any] = {"iters": int(iters)}
-        official = TSCDRecipe.__dataclass_fields__
-        if "cam_iters" not in self._pinned and self.cam_iters == official["cam_iters"].default:
-            changes["cam_iters"] = int(round(0.1 * iters))
-        if "warmup_iters" not in self._pinned and self.warmup_iters == official["warmup_iters"].default:
-            changes["warmup_iters"] = int(round(0.075 * iters))
-        pinned = self._pinned
-        out = dataclasses.replace(self, **changes)
-        out._pinned = pinned
-        return out
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        """Public field names (what ``key`` may be in ``key=value`` overrides)."""
-        return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
-
-    @classmethod
-    def from_overrides(cls, overrides: Sequence[str], base: TSCDRecipe | None = None) -> TSCDRecipe:
-        """Apply ``["key=value", ...]`` overrides (``--set`` on the command line) to ``base``.
-
-        ``base`` defaults to the official recipe. Values are parsed according to the field's default
-        type: ints, floats, booleans (``true/false/1/0/yes/no``), strings and comma-separated tuples
-        (``cam_scales=1,0.5,1.5``). Overridden fields are remembered as explicitly set, so
-        :meth:`scaled` leaves them alone.
-
-        Raises:
-            TypeError: if ``overrides`` is a single string.
-            ValueError: for a malformed item, an unknown key (the message lists valid keys) or an
-                unparsable / invalid value.
-
-        Example:
-            >>> r = TSCDRecipe.from_overrides(["crop_size=320", "cam_scales=1,0.5", "cam_flip=false"])
-            >>> r.crop_size, r.cam_scales, r.cam_flip
-            (320, (1.0, 0.5), False)
-        """
-        base = cls() if base is None else base
-        if isinstance(overrides, str):
-            raise TypeError("overrides: expected a list of 'key=value' strings, got a single string")
-        names = base.field_names()
-        changes: dict[str, Any] = {}
-        for item in overrides:
-            if not isinstance(item, str) or "=" not in item:
-                raise ValueError(f"overrides: expected 'key=value', got {item!r}")
-            key, value = (s.strip() for s in item.split("=", 1))
-            if key not in names:
-                raise ValueError(f"overrides: unknown recipe key {key!r}; valid keys: {', '.join(names)}")
-            changes[key] = _parse_value(value, getattr(base, key), key)
-        return base.replace(**changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict of the public fields."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                if not k.startswith("_")}
-
-
-def _parse_value(value: str, default: Any, key: str) -> Any:
-    try:
-        if isinstance(default, bool):
-            v = value.lower()
-            if v in ("1", "true", "yes", "on"):
-                return True
-            if v in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):
-            elem = type(default[0]) if default else float
-            return tuple(elem(s) for s in value.replace("(", "").replace(")", "").split(",") if s.strip())
-        return value
-    except ValueError as e:
-        raise ValueError(f"overrides: cannot parse {key}={value!r} as {type(default).__name__}") from e
+        return self._scale_schedule(iters, {"cam_iters": 0.1, "warmup_iters": 0.075})
 
 
 # ---------------------------------------------------------------------- helpers
@@ -456,26 +375,8 @@ class TSCDTrainingStep:
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         """``(loss, logs)`` of iteration ``step`` on ``batch`` (see the class description for the terms)."""
         r = self.recipe
-        if not isinstance(batch, Mapping) or "image" not in batch or "label" not in batch:
-            raise ValueError("batch: expected a dict with at least 'image' (B, 3, H, W) and 'label' (B, K)")
-        x = check_tensor(batch["image"], "batch['image']", ndim=4, dims="(B, 3, H, W)", dtype="float")
-        y = batch["label"]
-        check_tensor(y, "batch['label']", ndim=2, dims="(B, K)")
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"batch['label']: expected (B, K) with B={x.shape[0]}, got shape {tuple(y.shape)}")
+        x, y, valid = check_training_batch(batch, model, step)
         core = unwrap_model(model)  # DDP / compiled wrappers: attributes live on the plain module
-        if out_k := getattr(core, "num_classes", None):
-            check_labels(y, "batch['label']", x.shape[0], out_k)
-        y = y.to(x.dtype)
-        valid = batch.get("valid")
-        if valid is not None:
-            check_tensor(valid, "batch['valid']", ndim=3, dims="(B, H, W)", dtype="bool_or_int")
-            if tuple(valid.shape) != (x.shape[0], *x.shape[-2:]):
-                raise ValueError(f"batch['valid']: expected shape {(x.shape[0], *x.shape[-2:])}, "
-                                 f"got {tuple(valid.shape)}")
-            valid = valid.bool()
-        if int(step) < 0:
-            raise ValueError(f"step: expected a non-negative int, got {step}")
 
         # 1. forward with gradients + classification loss
         out = model(x)
