@@ -2,6 +2,8 @@
 
 from .affinity_from_attention import AffinityFromAttention, affinity_from_attention
 from .affinity_propagation import AffinityPropagation, affinity_propagation, token_grid_size
+from .cosa_teacher_inference import CoSATeacherInference, CoSATeacherOutput, cosa_teacher_inference
+from .large_fov_head import LargeFOVHead, large_fov_head
 from .multi_scale_cam import (
     MultiScaleCAM,
     fuse_multi_scale_cams,
@@ -22,6 +24,11 @@ __all__ = [
     "affinity_propagation",
     "AffinityFromAttention",
     "AffinityPropagation",
+    "CoSATeacherInference",
+    "CoSATeacherOutput",
+    "cosa_teacher_inference",
+    "large_fov_head",
+    "LargeFOVHead",
     "fuse_multi_scale_cams",
     "minmax_normalize",
     "multi_scale_cam",
