@@ -7,6 +7,7 @@ from .coco import COCOSegmentation
 from .synthetic import SyntheticShapes
 from .transforms import eval_transform, train_transform
 from .voc import VOCSegmentation, load_cls_labels
+from .weak_strong import WeakStrongTransform
 
 __all__: list[str] = [
     "COCOSegmentation",
@@ -16,6 +17,7 @@ __all__: list[str] = [
     "SyntheticShapes",
     "VOCSegmentation",
     "VOC_CLASSES",
+    "WeakStrongTransform",
     "eval_transform",
     "load_cls_labels",
     "read_class_names",

@@ -4,6 +4,9 @@ from .affinity_label import AffinityLabel, affinity_label, radius_window
 from .cam_to_label import CAMToLabel, cam_to_label
 from .dense_crf import DenseCRF, dense_crf
 from .dual_threshold import DualThresholdPseudoLabel, dual_threshold_pseudo_label, varm_pseudo_label
+from .perplexity_weight import PerplexityReliabilityWeight, perplexity_reliability_weight
+from .seg_pseudo_label import SegPseudoLabel, seg_pseudo_label
+from .threshold_search import GMM1DResult, ThresholdSearch, gmm_1d
 
 __all__ = [
     "affinity_label",
@@ -14,6 +17,13 @@ __all__ = [
     "DenseCRF",
     "dual_threshold_pseudo_label",
     "DualThresholdPseudoLabel",
+    "gmm_1d",
+    "GMM1DResult",
+    "perplexity_reliability_weight",
+    "PerplexityReliabilityWeight",
     "radius_window",
+    "seg_pseudo_label",
+    "SegPseudoLabel",
+    "ThresholdSearch",
     "varm_pseudo_label",
 ]
