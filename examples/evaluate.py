@@ -16,7 +16,7 @@ Protocol (preset ``tscd`` = AFA's ``scripts/test_msc_flip.py``): the image's lon
 (``--long-side`` overrides it, e.g. 224 for speed on CPU), scales {1, 0.5, 0.75} each with its horizontal
 flip, logits averaged over the flip and **max** over scales, resized to the original image, argmax.
 ``--crf`` adds the dense CRF preset ``tscd`` (10 iterations; Gaussian sxy 3 / compat 3; bilateral sxy 64 /
-srgb 5 / compat 4) on the softmax probabilities; it is skipped with a message when ``pydensecrf`` is not
+srgb 5 / compat 4; with ``--preset cosa`` the ``cosa`` CRF preset: 1 iteration) on the softmax probabilities; it is skipped with a message when ``pydensecrf`` is not
 installed. Both mIoUs are reported, labelled: **unfiltered** (plain argmax) and **GT-label-filtered**
 (logits of classes absent from the ground-truth image label removed — this uses ground truth at test time).
 Masks are scored at the original image resolution. ``--single-scale`` evaluates one pass (scale 1, no flip).
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from wsseg.layers import multi_scale_inference
 from wsseg.layers.multi_scale_inference import MULTI_SCALE_INFERENCE_PRESETS
 from wsseg.metrics import DualMIoU, SegmentationMetric, filter_logits_by_labels
-from wsseg.training import load_checkpoint, progress, unwrap_model
+from wsseg.training import load_checkpoint, progress
 from wsseg.training.cli import METHODS, build_datasets, build_parser
 from wsseg.utils.image import denormalize
 
@@ -54,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cls-labels", default=None)
     p.add_argument("--class-names", default=None)
     p.add_argument("--coco-classes", choices=["voc", "all"], default=None)
-    p.add_argument("--preset", default="tscd", choices=sorted(MULTI_SCALE_INFERENCE_PRESETS))
+    p.add_argument("--preset", default=None, choices=sorted(MULTI_SCALE_INFERENCE_PRESETS),
+                   help="multi-scale protocol (default: the method's own, e.g. cosa for CoSA; else tscd)")
     p.add_argument("--single-scale", action="store_true", help="one pass at scale 1, no flip")
     p.add_argument("--long-side", type=int, default=None, help="override the preset's long-side resize")
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (preset tscd; needs pydensecrf)")
@@ -96,6 +97,13 @@ def rebuild(args, ckpt: dict):
     return method, model, data["seg_set"], data["seg_split"]
 
 
+def crf_preset(args) -> str | None:
+    """The CRF preset of ``--crf``: the multi-scale preset's own when it has one (``cosa``), else ``tscd``."""
+    from wsseg.pseudo.dense_crf import DENSE_CRF_PRESETS
+
+    return args.preset if args.preset in DENSE_CRF_PRESETS else "tscd"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -103,9 +111,13 @@ def main(argv=None) -> dict:
     t0 = time.time()
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     method, model, dataset, split = rebuild(args, ckpt)
+    if args.preset is None:
+        args.preset = method.name if method.name in MULTI_SCALE_INFERENCE_PRESETS else "tscd"
     device = torch.device(args.device)
     load_checkpoint(args.checkpoint, model, map_location="cpu", restore_rng=False)
     model.to(device).eval()
+    method.setup(model, device)          # method-owned networks (CoSA's EMA teacher) on the device ...
+    method.load_state_dict({k: v for k, v in (ckpt.get("extra", {}).get("method_state") or {}).items()})
 
     preset = dict(MULTI_SCALE_INFERENCE_PRESETS[args.preset])
     if args.single_scale:
@@ -118,7 +130,7 @@ def main(argv=None) -> dict:
             import pydensecrf  # noqa: F401
 
             from wsseg.pseudo import DenseCRF
-            crf = DenseCRF.from_preset("tscd")
+            crf = DenseCRF.from_preset(crf_preset(args))
         except ImportError:
             print("--crf: pydensecrf is not installed (pip install pydensecrf2); CRF skipped")
 
@@ -127,9 +139,7 @@ def main(argv=None) -> dict:
     crf_m, crf_f = SegmentationMetric(C), SegmentationMetric(C)
 
     def logit_fn(x):
-        core = unwrap_model(model)
-        fit = getattr(core, "fit_input", None) or (lambda t: t)
-        return core(fit(x)).seg
+        return method.predict(model, x)  # the method's network (CoSA: recipe.eval_network) at x's size
 
     n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
     with torch.no_grad():
@@ -163,7 +173,7 @@ def main(argv=None) -> dict:
     if crf is not None:
         out["crf_miou"] = crf_m.compute()["miou"]
         out["crf_miou_filtered"] = crf_f.compute()["miou"]
-        print(f"[+ dense CRF tscd] seg mIoU unfiltered: {100 * out['crf_miou']:.2f} | "
+        print(f"[+ dense CRF {crf_preset(args)}] seg mIoU unfiltered: {100 * out['crf_miou']:.2f} | "
               f"GT-label-filtered: {100 * out['crf_miou_filtered']:.2f}")
     path = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.preset}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

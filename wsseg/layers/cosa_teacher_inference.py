@@ -69,7 +69,7 @@ class CoSATeacherInference(nn.Module):
     **Faithful quirk**: the official loop re-assigns the aux-CAM list instead of appending to it, so
     :math:`\hat M_{aux}` comes from the **last** scale only (1.5 for the official scales);
     ``aux_cam_all_scales=True`` sums all scales. The segmentation logits are upsampled to
-    :math:`H \times W` **before** the flip sum and the scale sum (a sum of 2·|scales| logit maps, no
+    :math:`H \times W` **before** the flip sum and the scale sum (a sum of 2·len(scales) logit maps, no
     softmax, no label masking).
 
     Args:

@@ -1,6 +1,7 @@
 """The shared training engine (:class:`Trainer`, DDP, AMP, exact resume, evaluation), the protocol a
 method implements (:class:`TrainingMethod`), the methods' recipes and loop helpers."""
 
+from .cosa import CoSAMethod, CoSAPseudoLabels, CoSARecipe, CoSATrainingStep
 from .distributed import (
     DistributedEnv,
     all_reduce_sum,
@@ -10,6 +11,7 @@ from .distributed import (
     init_distributed,
     unwrap_model,
 )
+from .ema_teacher import EMATeacher, ema_update_
 from .evaluation import evaluate_method, format_summary
 from .loop import (
     CSVLogger,
@@ -22,14 +24,22 @@ from .loop import (
     save_checkpoint,
     seed_everything,
 )
-from .method import TrainingMethod
+from .method import TrainingMethod, check_training_batch
+from .recipe import RecipeMixin
 from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
 from .trainer import TrainConfig, Trainer
 from .tscd import TSCDMethod, TSCDRecipe, TSCDTrainingStep, fit_to_stride, tscd_training_step
 
 __all__: list[str] = [
+    "CoSAMethod",
+    "CoSAPseudoLabels",
+    "CoSARecipe",
+    "CoSATrainingStep",
+    "RecipeMixin",
+    "check_training_batch",
     "CSVLogger",
     "DistributedEnv",
+    "EMATeacher",
     "ResumableDistributedSampler",
     "SeededSamples",
     "TSCDMethod",
@@ -44,6 +54,7 @@ __all__: list[str] = [
     "build_optimizer",
     "build_scheduler",
     "cleanup_distributed",
+    "ema_update_",
     "collate_samples",
     "evaluate_method",
     "fit_to_stride",

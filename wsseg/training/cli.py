@@ -23,7 +23,7 @@ from .loop import seed_everything
 from .method import TrainingMethod
 from .trainer import TrainConfig, Trainer
 
-__all__ = ["METHODS", "MethodCLI", "TSCD_CLI", "build_datasets", "build_parser", "main", "make_recipe"]
+__all__ = ["COSA_CLI", "METHODS", "MethodCLI", "TSCD_CLI", "build_datasets", "build_parser", "main", "make_recipe"]
 
 SYNTHETIC = dict(num_images=96, size=96, num_classes=3)
 
@@ -60,8 +60,20 @@ def _tscd_cli() -> MethodCLI:
 
 TSCD_CLI = _tscd_cli()
 
+
+def _cosa_cli() -> MethodCLI:
+    from .cosa import CoSAMethod, CoSARecipe
+
+    return MethodCLI("cosa", CoSAMethod, CoSARecipe, ("cosa", "cam", "cosa_coco", "cosa_paper"),
+                     synthetic_defaults=dict(backbone="test_vit", crop=96, iters=300, batch_size=4, decoder_dim=64),
+                     real_defaults=dict(backbone="vit_base_patch16_224", crop=448, iters=32000, batch_size=4,
+                                        decoder_dim=512))
+
+
+COSA_CLI = _cosa_cli()
+
 #: The methods the shared command line knows, by name (what checkpoints record as ``method``).
-METHODS: dict[str, MethodCLI] = {"tscd": TSCD_CLI}
+METHODS: dict[str, MethodCLI] = {"tscd": TSCD_CLI, "cosa": COSA_CLI}
 
 
 def build_parser(spec: MethodCLI, description: str | None = None) -> argparse.ArgumentParser:
@@ -158,19 +170,24 @@ def make_recipe(spec: MethodCLI, args: argparse.Namespace) -> Any:
     return spec.recipe_cls.from_overrides(args.overrides, base=recipe) if args.overrides else recipe
 
 
-def build_datasets(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+def build_datasets(args: argparse.Namespace, recipe: Any, method: TrainingMethod | None = None) -> dict[str, Any]:
     """``train_set``, ``pseudo_set``, ``seg_set`` and their split names from the data arguments.
 
-    Evaluation sets use the native resolution (``eval_transform(None)``); when the pseudo-label and
-    segmentation splits coincide the same object is returned for both (one evaluation pass).
+    The training transform is ``method.train_transform(long_side)`` when a method is given (CoSA's
+    weak/strong views), else the AFA/TSCD :func:`~wsseg.data.train_transform`. Evaluation sets use the
+    native resolution (``eval_transform(None)``); when the pseudo-label and segmentation splits coincide
+    the same object is returned for both (one evaluation pass).
 
     Raises:
         ValueError: for a missing ``--root``, a class list that does not match the masks, or an empty split.
     """
     from ..data import COCOSegmentation, SyntheticShapes, VOCSegmentation, eval_transform, train_transform
 
-    train_tf = train_transform(recipe.crop_size, scale_range=recipe.scale_range, seed=recipe.seed,
-                               long_side=args.train_long_side)
+    if method is not None:
+        train_tf = method.train_transform(args.train_long_side)
+    else:
+        train_tf = train_transform(recipe.crop_size, scale_range=recipe.scale_range, seed=recipe.seed,
+                                   long_side=args.train_long_side)
     eval_tf = eval_transform(None)
     if args.dataset == "synthetic":
         kw = dict(num_images=args.synthetic_images, size=args.synthetic_size, num_classes=args.synthetic_classes,
@@ -233,12 +250,12 @@ def main(spec: MethodCLI, argv: list[str] | None = None, description: str | None
         try:
             recipe = make_recipe(spec, args)
             seed_everything(recipe.seed + (env.rank if args.per_rank_seed else 0))
-            data = build_datasets(args, recipe)
+            method = spec.method_cls(recipe)
+            data = build_datasets(args, recipe, method)
         except (ValueError, FileNotFoundError) as err:
             raise SystemExit(f"error: {err}") from err
         args.backbone = args.backbone or defaults["backbone"]
         args.decoder_dim = args.decoder_dim or defaults["decoder_dim"]
-        method = spec.method_cls(recipe)
         model = method.build_model(data["train_set"].num_classes, backbone=args.backbone, weights=args.weights,
                                    decoder_dim=args.decoder_dim)
         config = TrainConfig(out_dir=args.out, device=args.device, amp=args.amp, compile=args.compile,
