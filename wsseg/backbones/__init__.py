@@ -1,7 +1,8 @@
-"""Backbones returning feature maps and attention logits (timm ViTs, MiT/SegFormer)."""
+"""Backbones returning feature maps and attention logits (timm ViTs, MiT/SegFormer, WideResNet-38)."""
 
 from .base import BackboneOutput, split_norm_parameters
 from .mix_transformer import MIT_CONFIGS, MixTransformer, mit_b0, mit_b1, mit_b2
+from .resnet38d import RESNET38D_FEATURES, ResNet38d, load_resnet38d_weights, resnet38d
 from .timm_vit import TimmViTBackbone, qk_logits
 from .weights import LoadReport, load_weights, read_state_dict
 
@@ -10,12 +11,16 @@ __all__: list[str] = [
     "LoadReport",
     "MIT_CONFIGS",
     "MixTransformer",
+    "RESNET38D_FEATURES",
+    "ResNet38d",
     "TimmViTBackbone",
+    "load_resnet38d_weights",
     "load_weights",
     "mit_b0",
     "mit_b1",
     "mit_b2",
     "qk_logits",
     "read_state_dict",
+    "resnet38d",
     "split_norm_parameters",
 ]

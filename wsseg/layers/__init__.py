@@ -2,8 +2,12 @@
 
 from .affinity_from_attention import AffinityFromAttention, affinity_from_attention
 from .affinity_propagation import AffinityPropagation, affinity_propagation, token_grid_size
+from .aspp_decoder import ASPP, ASPPDecoder
 from .cosa_teacher_inference import CoSATeacherInference, CoSATeacherOutput, cosa_teacher_inference
+from .cross_view import inverse_view, make_view
+from .gci_head import GCIHead, GlobalCueInjection, StochasticGate, stochastic_gate
 from .large_fov_head import LargeFOVHead, large_fov_head
+from .low_rank_factorization import EMFactorization, LowRankFactorization, LowRankOutput, em_factorize
 from .multi_scale_cam import (
     MultiScaleCAM,
     fuse_multi_scale_cams,
@@ -13,10 +17,13 @@ from .multi_scale_cam import (
     ordered_scales,
 )
 from .multi_scale_inference import MultiScaleInference, multi_scale_inference
+from .ngwp_pooling import NGWPPooling, NGWPTerms, ngwp_pooling, ngwp_score
 from .pamr import PAMR, pamr
 from .permutohedral import PermutohedralLattice, permutohedral_filter
 from .pixel_adaptive_refine import PixelAdaptiveRefine, pixel_adaptive_refine
+from .prototype_init import PrototypeInit, class_prototypes
 from .segformer_head import SegFormerHead, segformer_head
+from .slrnet_aux_head import SLRNetAuxHead, prepend_background
 from .variation_aware_refine import VariationAwareRefine, variation_aware_refine
 
 __all__ = [
@@ -24,12 +31,21 @@ __all__ = [
     "affinity_propagation",
     "AffinityFromAttention",
     "AffinityPropagation",
+    "ASPP",
+    "ASPPDecoder",
+    "class_prototypes",
     "CoSATeacherInference",
     "CoSATeacherOutput",
     "cosa_teacher_inference",
+    "em_factorize",
+    "EMFactorization",
     "large_fov_head",
     "LargeFOVHead",
+    "LowRankFactorization",
+    "LowRankOutput",
     "fuse_multi_scale_cams",
+    "GCIHead",
+    "GlobalCueInjection",
     "minmax_normalize",
     "multi_scale_cam",
     "multi_scale_inference",
@@ -41,11 +57,22 @@ __all__ = [
     "PAMR",
     "permutohedral_filter",
     "PermutohedralLattice",
+    "prepend_background",
+    "PrototypeInit",
     "pixel_adaptive_refine",
     "PixelAdaptiveRefine",
     "segformer_head",
     "SegFormerHead",
+    "SLRNetAuxHead",
+    "stochastic_gate",
+    "StochasticGate",
     "token_grid_size",
     "variation_aware_refine",
     "VariationAwareRefine",
+    "inverse_view",
+    "make_view",
+    "NGWPPooling",
+    "NGWPTerms",
+    "ngwp_pooling",
+    "ngwp_score",
 ]

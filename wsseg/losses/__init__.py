@@ -3,7 +3,10 @@
 from .affinity_loss import AffinityLoss, affinity_loss
 from .balanced_segmentation import BalancedSegmentationLoss, balanced_segmentation_loss
 from .cam_contrastive_separation import CAMContrastiveSeparation, cam_contrastive_separation
+from .code_consistency import CodeConsistencyLoss, code_consistency_loss, max_mask
 from .dense_energy import DenseEnergyLoss, dense_energy_loss
+from .gated_class_balanced_ce import GatedClassBalancedCE, gated_class_balanced_ce
+from .mask_consistency import MaskConsistencyLoss, mask_consistency_loss
 from .self_correspondence_distillation import SelfCorrespondenceDistillation, self_correspondence_distillation
 from .swapped_assignment import (
     SwappedAssignmentLoss,
@@ -29,4 +32,11 @@ __all__: list[str] = [
     "swapped_assignment_loss",
     "cam_to_seg_loss",
     "seg_to_cam_loss",
+    "CodeConsistencyLoss",
+    "code_consistency_loss",
+    "max_mask",
+    "GatedClassBalancedCE",
+    "gated_class_balanced_ce",
+    "MaskConsistencyLoss",
+    "mask_consistency_loss",
 ]

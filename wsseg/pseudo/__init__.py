@@ -6,6 +6,8 @@ from .dense_crf import DenseCRF, dense_crf
 from .dual_threshold import DualThresholdPseudoLabel, dual_threshold_pseudo_label, varm_pseudo_label
 from .perplexity_weight import PerplexityReliabilityWeight, perplexity_reliability_weight
 from .seg_pseudo_label import SegPseudoLabel, seg_pseudo_label
+from .slrnet_postprocess import SLRNetPostprocess, slrnet_postprocess, slrnet_predicted_classes
+from .slrnet_pseudo_label import SLRNetPseudoLabel, slrnet_pseudo_label
 from .threshold_search import GMM1DResult, ThresholdSearch, gmm_1d
 
 __all__ = [
@@ -24,6 +26,11 @@ __all__ = [
     "radius_window",
     "seg_pseudo_label",
     "SegPseudoLabel",
+    "slrnet_postprocess",
+    "SLRNetPostprocess",
+    "slrnet_predicted_classes",
+    "slrnet_pseudo_label",
+    "SLRNetPseudoLabel",
     "ThresholdSearch",
     "varm_pseudo_label",
 ]

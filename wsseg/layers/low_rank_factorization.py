@@ -1,0 +1,319 @@
+"""SLRNet's cross-view low-rank factorisation (EM / soft-k-means with a softmax over atoms)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from wsseg.layers._neighbors import check_bool, check_positive
+from wsseg.utils.validation import check_tensor
+
+__all__ = ["EMFactorization", "LowRankFactorization", "LowRankOutput", "em_factorize"]
+
+#: the constant of SLRNet's ``l2norm``: ``z / (1e-6 + ||z||)`` (hard-coded in the official code)
+L2_EPS = 1e-6
+
+
+class EMFactorization(NamedTuple):
+    """Result of :func:`em_factorize`.
+
+    Attributes:
+        codes: soft assignment of every token to the atoms :math:`C` (B, K, N), sums to 1 over ``K``
+            (codes of the last E-step).
+        dictionary: the l2-normalised atoms :math:`D` (B, K, d) of the last M-step.
+        reconstruction: :math:`\\hat X = \\mathrm{ReLU}(C^\\top D)` (B, N, d).
+    """
+
+    codes: Tensor
+    dictionary: Tensor
+    reconstruction: Tensor
+
+
+class LowRankOutput(NamedTuple):
+    """Result of :class:`LowRankFactorization`.
+
+    For a single input tensor ``out`` and ``codes`` are tensors; for a sequence of views they are tuples
+    with one entry per view, in the input order and layout. The ``dictionary`` is always one tensor, shared
+    by all views.
+
+    Attributes:
+        out: :math:`Y = \\mathrm{ReLU}(X + W_2 \\hat X)` — (B, N, d) for tokens, (B, d, H, W) for a map.
+        codes: :math:`C` — (B, K, N) for tokens, (B, K, H, W) for a map; sums to 1 over ``K``.
+        dictionary: :math:`D` (B, K, d), l2-normalised atoms (shared across the views).
+    """
+
+    out: Tensor | tuple[Tensor, ...]
+    codes: Tensor | tuple[Tensor, ...]
+    dictionary: Tensor
+
+
+def _l2norm(x: Tensor) -> Tensor:
+    return x / (x.norm(dim=-1, keepdim=True) + L2_EPS)
+
+
+def _check_num_iters(num_iters: object) -> int:
+    if isinstance(num_iters, bool) or not isinstance(num_iters, int):
+        raise TypeError(f"num_iters: expected an int >= 1, got {num_iters!r}")
+    if num_iters < 1:
+        raise ValueError(f"num_iters: expected an int >= 1, got {num_iters!r}")
+    return num_iters
+
+
+def _em(x: Tensor, dictionary: Tensor, num_iters: int, scale: float, eps: float,
+        normalize_tokens: bool) -> EMFactorization:
+    """Unchecked core of :func:`em_factorize` (steps 1b-3), full autograd through every step."""
+    if normalize_tokens:
+        x = _l2norm(x)
+    dictionary = _l2norm(dictionary)
+    codes_nk = x  # placeholder, always overwritten (num_iters >= 1)
+    for _ in range(num_iters):
+        # E-step in token-major layout (B, N, K): the softmax over the K atoms is a contiguous reduction
+        logits = torch.bmm(x, dictionary.transpose(1, 2))
+        if scale != 1.0:
+            logits = logits * scale
+        codes_nk = logits.softmax(dim=-1)
+        # M-step: eps-smoothed responsibilities normalised over the tokens, then l2-normalised atoms
+        weights = codes_nk + eps
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        dictionary = _l2norm(torch.bmm(weights.transpose(1, 2), x))  # (B, K, d)
+    reconstruction = torch.relu(torch.bmm(codes_nk, dictionary))  # (B, N, d)
+    return EMFactorization(codes_nk.transpose(1, 2).contiguous(), dictionary, reconstruction)
+
+
+def em_factorize(x_proj: Tensor, dict_proj: Tensor, *, num_iters: int = 1, temperature: float = 1.0,
+                 eps: float = 1e-6, normalize_tokens: bool = False) -> EMFactorization:
+    r"""Factorise tokens with a dictionary by EM (soft k-means with a softmax over the atoms).
+
+    The parameter-free core of :class:`LowRankFactorization` (SLRNet's "cross-view low-rank" step). With
+    the (already projected) tokens :math:`X' \in \mathbb{R}^{N \times d}`, the initial atoms
+    :math:`D \in \mathbb{R}^{K \times d}` and :math:`\operatorname{l2norm}(z) = z / (10^{-6} + \|z\|_2)`
+    over ``d``:
+
+    .. math::
+
+        D &\leftarrow \operatorname{l2norm}(D), \\
+        \text{repeat } T \text{ times:}\quad
+        C_{k,n} &= \operatorname{softmax}_k\big(\langle D_k, X'_n\rangle / \tau\big), \qquad
+        \hat C_{k,n} = \frac{C_{k,n} + \epsilon}{\sum_{n'} (C_{k,n'} + \epsilon)}, \qquad
+        D_k \leftarrow \operatorname{l2norm}\Big(\sum_n \hat C_{k,n} X'_n\Big), \\
+        \hat X_n &= \operatorname{ReLU}\Big(\sum_k C_{k,n} D_k\Big)
+        \quad \text{(codes of the last E-step, atoms of the last M-step).}
+
+    Not NMF: an EMANet-like attention alternation. Every token's code sums to 1 over the atoms. The
+    tokens are **not** normalised by default (official), so the effective softmax temperature scales with
+    the token norm; ``normalize_tokens=True`` l2-normalises them first (used in the E-step, the M-step and
+    the reconstruction). Gradients flow through all ``T`` unrolled steps (no one-step / truncated
+    gradient) into both inputs.
+
+    Args:
+        x_proj: the tokens :math:`X'` (SLRNet: :math:`W_1 X` of all views concatenated).
+        dict_proj: the initial atoms (SLRNet: :math:`W_1 D_0`), normalised here.
+        num_iters: number of E/M steps :math:`T \ge 1` (official 1).
+        temperature: softmax temperature :math:`\tau > 0` (official 1; the logits are multiplied by
+            ``1 / temperature`` as in the code).
+        eps: smoothing :math:`\epsilon \ge 0` of the M-step responsibilities (official 1e-6).
+        normalize_tokens: l2-normalise the tokens first (option; official ``False``).
+
+    Returns:
+        :class:`EMFactorization` ``(codes, dictionary, reconstruction)``.
+
+    Shape:
+        - x_proj: :math:`(B, N, d)`
+        - dict_proj: :math:`(B, K, d)`
+        - codes: :math:`(B, K, N)`; dictionary: :math:`(B, K, d)`; reconstruction: :math:`(B, N, d)`
+
+    Raises:
+        TypeError: if an input is not a floating-point tensor, or a hyperparameter has the wrong type.
+        ValueError: if an input is not 3-D, the batch sizes, feature sizes or devices differ, a size is
+            zero, or a hyperparameter is out of range.
+
+    Example:
+        >>> x = torch.randn(2, 50, 16)
+        >>> d0 = torch.randn(2, 4, 16)
+        >>> codes, dictionary, recon = wsseg.layers.em_factorize(x, d0, num_iters=3)
+        >>> codes.shape, dictionary.shape, recon.shape
+        (torch.Size([2, 4, 50]), torch.Size([2, 4, 16]), torch.Size([2, 50, 16]))
+        >>> torch.allclose(codes.sum(dim=1), torch.ones(2, 50))
+        True
+        >>> torch.allclose(dictionary.norm(dim=-1), torch.ones(2, 4), atol=1e-5)
+        True
+
+    Source:
+        SLRNet, Pan et al. IJCV 2022; github.com/DesertsP/SLRNet, ``models/slrnet.py``
+        (``FactorizationReconstruction.forward``, ``l2norm``).
+    """
+    check_tensor(x_proj, "x_proj", ndim=3, dims="(B, N, d)", dtype="float")
+    check_tensor(dict_proj, "dict_proj", ndim=3, dims="(B, K, d)", dtype="float")
+    B, N, d = x_proj.shape
+    if dict_proj.shape[0] != B or dict_proj.shape[2] != d:
+        raise ValueError(f"dict_proj: expected shape ({B}, K, {d}) (B and d of x_proj), "
+                         f"got {tuple(dict_proj.shape)}")
+    if N == 0 or dict_proj.shape[1] == 0 or d == 0:
+        raise ValueError(f"x_proj, dict_proj: expected non-empty N, K and d, got shapes {tuple(x_proj.shape)} "
+                         f"and {tuple(dict_proj.shape)}")
+    if dict_proj.device != x_proj.device:
+        raise ValueError(f"dict_proj: expected device {x_proj.device} (that of x_proj), got {dict_proj.device}")
+    num_iters = _check_num_iters(num_iters)
+    temperature = check_positive(temperature, "temperature")
+    eps = check_positive(eps, "eps", allow_zero=True)
+    normalize_tokens = check_bool(normalize_tokens, "normalize_tokens")
+    return _em(x_proj, dict_proj, num_iters, 1.0 / temperature, eps, normalize_tokens)
+
+
+class LowRankFactorization(nn.Module):
+    r"""SLRNet's cross-view low-rank factorisation and reconstruction of dense features.
+
+    Replaces the tokens of all views by a rank-:math:`\le K` reconstruction computed with **one dictionary
+    shared across the views** (the tokens of the views are concatenated, so the M-step pools them), plus
+    a residual. With :math:`W_1, W_2` token-wise linear layers :math:`d \to d` (with bias) and the
+    initial dictionary :math:`D_0` (SLRNet: the aux-head class prototypes, :class:`PrototypeInit`):
+
+    .. math::
+
+        X' = W_1 X, \qquad (C, D, \hat X) = \operatorname{EM}_T\big(X',\, W_1 \operatorname{sg}(D_0)\big),
+        \qquad Y = \operatorname{ReLU}\big(X + W_2 \hat X\big),
+
+    where :math:`\operatorname{EM}_T` is :func:`em_factorize` (l2-normalised atoms, softmax over the atoms
+    in the E-step, :math:`\epsilon`-smoothed M-step, :math:`\hat X = \operatorname{ReLU}(C^\top D)`) and
+    :math:`\operatorname{sg}` is the stop-gradient of ``detach_init=True`` (SLRNet detaches :math:`D_0`;
+    :math:`W_1` still receives the gradient of the dictionary path). Full back-propagation through the
+    ``T`` unrolled steps into :math:`X`, :math:`W_1`, :math:`W_2`.
+
+    ``forward(x, init_dict)`` takes either one tensor or a sequence of views. Each view is tokens
+    ``(B, N_i, d)`` (3-D) or a feature map ``(B, d, H_i, W_i)`` (4-D, flattened row-major); the outputs
+    come back per view in the same layout, codes as ``(B, K, N_i)`` or ``(B, K, H_i, W_i)``. SLRNet
+    trains with two views (81×81 and the 0.5× view, 40×40) and tests single-view.
+
+    Initialisation as the official code: PyTorch's default :class:`torch.nn.Linear` initialisation (the
+    official ``init_weights`` only re-initialises convolutions and BN). The parameter names
+    ``transform1`` (:math:`W_1`) and ``transform2`` (:math:`W_2`) are the official ones, so the official
+    state-dict entries load unchanged.
+
+    Args:
+        dim: the feature width ``d`` (SLRNet: 256).
+        num_iters: number of E/M steps :math:`T \ge 1` (official 1; more steps unroll with full gradient).
+        temperature: softmax temperature :math:`\tau > 0` (official 1).
+        eps: M-step smoothing :math:`\epsilon` (official 1e-6).
+        detach_init: stop the gradient to ``init_dict`` (official ``True``); ``False`` back-propagates
+            into it.
+        normalize_tokens: l2-normalise :math:`X'` before the EM steps (option; official ``False``, the
+            normalisation is commented out in the code).
+
+    Shape:
+        - x: :math:`(B, N, d)` or :math:`(B, d, H, W)`, or a sequence of such views (same ``B``)
+        - init_dict: :math:`(B, K, d)`
+        - out: like ``x``; codes: :math:`(B, K, N)` / :math:`(B, K, H, W)` per view; dictionary:
+          :math:`(B, K, d)`
+
+    Raises:
+        TypeError: if a hyperparameter has the wrong type, an input is not a floating-point tensor, or
+            ``x`` is neither a tensor nor a sequence of tensors.
+        ValueError: if a hyperparameter is out of range, a view is not 3-D/4-D or has not ``dim``
+            features, the views differ in batch size, dtype or device, ``init_dict`` is not
+            ``(B, K, dim)``, or ``x`` is an empty sequence.
+
+    Example:
+        >>> lrf = wsseg.layers.LowRankFactorization(dim=16)
+        >>> view1, view2 = torch.randn(2, 16, 9, 9), torch.randn(2, 16, 4, 4)
+        >>> d0 = wsseg.layers.class_prototypes(view1, torch.randn(2, 5, 9, 9))
+        >>> res = lrf([view1, view2], d0)
+        >>> [o.shape for o in res.out]
+        [torch.Size([2, 16, 9, 9]), torch.Size([2, 16, 4, 4])]
+        >>> [c.shape for c in res.codes], res.dictionary.shape
+        ([torch.Size([2, 5, 9, 9]), torch.Size([2, 5, 4, 4])], torch.Size([2, 5, 16]))
+        >>> lrf(torch.randn(2, 30, 16), d0).out.shape  # single view of tokens
+        torch.Size([2, 30, 16])
+
+    Source:
+        SLRNet, Pan et al. IJCV 2022; github.com/DesertsP/SLRNet, ``models/slrnet.py``
+        (``FactorizationReconstruction``, and ``Net.forward`` for the cross-view concatenation).
+    """
+
+    def __init__(self, dim: int = 256, num_iters: int = 1, temperature: float = 1.0, eps: float = 1e-6,
+                 detach_init: bool = True, normalize_tokens: bool = False) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim: expected a positive int, got {dim!r}")
+        if dim < 1:
+            raise ValueError(f"dim: expected a positive int, got {dim!r}")
+        self.dim = dim
+        self.num_iters = _check_num_iters(num_iters)
+        self.temperature = check_positive(temperature, "temperature")
+        self.eps = check_positive(eps, "eps", allow_zero=True)
+        self.detach_init = check_bool(detach_init, "detach_init")
+        self.normalize_tokens = check_bool(normalize_tokens, "normalize_tokens")
+        self.transform1 = nn.Linear(dim, dim)
+        self.transform2 = nn.Linear(dim, dim)
+
+    def _views(self, x: object) -> tuple[list[Tensor], list[tuple[int, ...] | None], bool]:
+        """Views as token tensors (B, N_i, d), their map sizes (None for tokens), and whether x was one tensor."""
+        single = isinstance(x, Tensor)
+        if single:
+            views = [x]
+        elif isinstance(x, Sequence) and not isinstance(x, str):
+            views = list(x)
+            if not views:
+                raise ValueError("x: expected a tensor or a non-empty sequence of views, got an empty sequence")
+        else:
+            raise TypeError(f"x: expected a tensor or a sequence of tensors, got {type(x).__name__}")
+        tokens, sizes = [], []
+        for i, v in enumerate(views):
+            name = "x" if single else f"x[{i}]"
+            check_tensor(v, name, ndim=(3, 4), dims="(B, N, d) or (B, d, H, W)", dtype="float")
+            feat = v.shape[-1] if v.dim() == 3 else v.shape[1]
+            if feat != self.dim:
+                layout = "(B, N, d)" if v.dim() == 3 else "(B, d, H, W)"
+                raise ValueError(f"{name}: expected d = {self.dim} features {layout}, got shape {tuple(v.shape)}")
+            if i > 0:
+                ref = views[0]
+                if v.shape[0] != ref.shape[0] or v.dtype != ref.dtype or v.device != ref.device:
+                    raise ValueError(
+                        f"{name}: expected batch size {ref.shape[0]}, dtype {ref.dtype} and device {ref.device} "
+                        f"(those of x[0]), got shape {tuple(v.shape)}, {v.dtype}, {v.device}")
+            if v.dim() == 4:
+                sizes.append(tuple(v.shape[-2:]))
+                tokens.append(rearrange(v, "b d h w -> b (h w) d"))
+            else:
+                sizes.append(None)
+                tokens.append(v)
+            if tokens[-1].shape[1] == 0:
+                raise ValueError(f"{name}: expected at least one token, got shape {tuple(v.shape)}")
+        return tokens, sizes, single
+
+    def forward(self, x: Tensor | Sequence[Tensor], init_dict: Tensor) -> LowRankOutput:
+        """Factorise the view(s) ``x`` with the dictionary initialised from ``init_dict (B, K, d)``."""
+        tokens, sizes, single = self._views(x)
+        batch = tokens[0].shape[0]
+        check_tensor(init_dict, "init_dict", ndim=3, dims="(B, K, d)", dtype="float")
+        if init_dict.shape[0] != batch or init_dict.shape[2] != self.dim or init_dict.shape[1] == 0:
+            raise ValueError(f"init_dict: expected shape ({batch}, K, {self.dim}) with K >= 1, "
+                             f"got {tuple(init_dict.shape)}")
+        if init_dict.device != tokens[0].device:
+            raise ValueError(f"init_dict: expected device {tokens[0].device} (that of x), got {init_dict.device}")
+        if self.detach_init:
+            init_dict = init_dict.detach()
+
+        idn = tokens[0] if len(tokens) == 1 else torch.cat(tokens, dim=1)  # (B, N1 + N2 + ..., d)
+        codes, dictionary, recon = _em(self.transform1(idn), self.transform1(init_dict), self.num_iters,
+                                       1.0 / self.temperature, self.eps, self.normalize_tokens)
+        out = torch.add(idn, F.linear(recon, self.transform2.weight, self.transform2.bias)).relu_()
+
+        lengths = [t.shape[1] for t in tokens]
+        outs = out.split(lengths, dim=1) if len(tokens) > 1 else (out,)
+        codes_v = codes.split(lengths, dim=2) if len(tokens) > 1 else (codes,)
+        outs = tuple(o if s is None else rearrange(o, "b (h w) d -> b d h w", h=s[0], w=s[1])
+                     for o, s in zip(outs, sizes, strict=True))
+        codes_v = tuple(c if s is None else rearrange(c, "b k (h w) -> b k h w", h=s[0], w=s[1])
+                        for c, s in zip(codes_v, sizes, strict=True))
+        if single:
+            return LowRankOutput(outs[0], codes_v[0], dictionary)
+        return LowRankOutput(outs, codes_v, dictionary)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_iters={self.num_iters}, temperature={self.temperature}, eps={self.eps}, "
+                f"detach_init={self.detach_init}, normalize_tokens={self.normalize_tokens}")
