@@ -27,6 +27,7 @@ from .loop import (
 from .method import TrainingMethod, check_training_batch
 from .recipe import RecipeMixin
 from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
+from .slrnet import SLRNetMethod, SLRNetRecipe, SLRNetTrainingStep
 from .trainer import TrainConfig, Trainer
 from .tscd import TSCDMethod, TSCDRecipe, TSCDTrainingStep, fit_to_stride, tscd_training_step
 
@@ -36,6 +37,9 @@ __all__: list[str] = [
     "CoSARecipe",
     "CoSATrainingStep",
     "RecipeMixin",
+    "SLRNetMethod",
+    "SLRNetRecipe",
+    "SLRNetTrainingStep",
     "check_training_batch",
     "CSVLogger",
     "DistributedEnv",

@@ -23,7 +23,7 @@ from .loop import seed_everything
 from .method import TrainingMethod
 from .trainer import TrainConfig, Trainer
 
-__all__ = ["COSA_CLI", "METHODS", "MethodCLI", "TSCD_CLI", "build_datasets", "build_parser", "main", "make_recipe"]
+__all__ = ["COSA_CLI", "METHODS", "MethodCLI", "SLRNET_CLI", "TSCD_CLI", "build_datasets", "build_parser", "main", "make_recipe"]
 
 SYNTHETIC = dict(num_images=96, size=96, num_classes=3)
 
@@ -72,8 +72,20 @@ def _cosa_cli() -> MethodCLI:
 
 COSA_CLI = _cosa_cli()
 
+
+def _slrnet_cli() -> MethodCLI:
+    from .slrnet import SLRNetMethod, SLRNetRecipe
+
+    return MethodCLI("slrnet", SLRNetMethod, SLRNetRecipe, ("slrnet", "cam"),
+                     synthetic_defaults=dict(backbone="resnet38d_w16", crop=96, iters=300, batch_size=4,
+                                             decoder_dim=32),
+                     real_defaults=dict(backbone="resnet38d", crop=321, iters=19830, batch_size=16, decoder_dim=256))
+
+
+SLRNET_CLI = _slrnet_cli()
+
 #: The methods the shared command line knows, by name (what checkpoints record as ``method``).
-METHODS: dict[str, MethodCLI] = {"tscd": TSCD_CLI, "cosa": COSA_CLI}
+METHODS: dict[str, MethodCLI] = {"tscd": TSCD_CLI, "cosa": COSA_CLI, "slrnet": SLRNET_CLI}
 
 
 def build_parser(spec: MethodCLI, description: str | None = None) -> argparse.ArgumentParser:
