@@ -263,6 +263,7 @@ def _free_port() -> int:
 def test_ddp_two_processes_train_cosa(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     args = [*TINY, "--batch-size", "4", "--iters", "3", "--set", "loss_warmup_iters=0", "--max-eval-images", "2",
+            "--set", "threshold_search=true", "--set", "gmm_queue_ratio=2", "--set", "gmm_scale=8",
             "--out", str(tmp_path / "ddp")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "examples/train_cosa.py", *args]
@@ -270,3 +271,6 @@ def test_ddp_two_processes_train_cosa(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["ranks_identical_weights"]
+    # each rank updates its own EMA teacher from the synchronised student: the teachers stay identical
+    teacher = m["rank_method_state_hashes"]["teacher"]
+    assert len(teacher) == 2 and teacher[0] == teacher[1]

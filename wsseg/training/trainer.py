@@ -362,6 +362,7 @@ class Trainer:
             return {"stopped_at": stop}
 
         weight_hashes = self._weight_hashes(core) if env.distributed else None
+        state_hashes = self._method_state_hashes() if env.distributed else None
         t_eval = time.time()
         metrics = self._evaluate(model, recipe.iters, num_vis=cfg.num_vis, writer=writer)
         metrics.update({
@@ -375,6 +376,10 @@ class Trainer:
         if weight_hashes is not None:
             metrics["rank_weight_hashes"] = weight_hashes
             metrics["ranks_identical_weights"] = len(set(weight_hashes)) == 1
+        if state_hashes:
+            # per entry of method.state_dict() (e.g. CoSA's EMA teacher: identical on every rank; its
+            # threshold queues: per-rank data, so they may differ)
+            metrics["rank_method_state_hashes"] = state_hashes
         if env.is_main:
             with open(self.out_dir / "metrics.json", "w") as f:
                 json.dump(metrics, f, indent=2, default=str)
@@ -384,6 +389,23 @@ class Trainer:
             writer.close()
         barrier()
         return metrics
+
+    def _method_state_hashes(self) -> dict[str, list[str]]:
+        """SHA-256 of every rank's ``method.state_dict()`` entries (tensors and nested dicts of tensors)."""
+        out: dict[str, list[str]] = {}
+        for key, value in sorted(self.method.state_dict().items()):
+            h = hashlib.sha256()
+            items = sorted(value.items()) if isinstance(value, dict) else [("", value)]
+            for name, t in items:
+                h.update(str(name).encode())
+                if isinstance(t, torch.Tensor):
+                    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                else:
+                    h.update(repr(t).encode())
+            hashes: list[Any] = [None] * self.env.world_size
+            torch.distributed.all_gather_object(hashes, h.hexdigest())
+            out[str(key)] = [str(x) for x in hashes]
+        return out
 
     def _weight_hashes(self, core: nn.Module) -> list[str]:
         """SHA-256 of every rank's parameters (DDP keeps them identical; this checks it once per run)."""
