@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..layers.large_fov_head import LargeFOVHead
 from ..utils.validation import check_tensor
+from ._param_groups import encoder_head_param_groups
 from .registry import register_model
 from .tscd import _build_backbone, _vit_depth
 
@@ -197,25 +198,11 @@ class CoSANet(nn.Module):
         Raises:
             ValueError: if ``base_lr``, ``weight_decay`` or a multiplier is negative.
         """
-        for name, v in (("base_lr", base_lr), ("weight_decay", weight_decay), ("head_lr_mult", head_lr_mult),
-                        ("encoder_norm_lr_mult", encoder_norm_lr_mult)):
-            if float(v) < 0:
-                raise ValueError(f"{name}: expected a non-negative float, got {v}")
-        enc, enc_norm = [], []
-        for name, p in self.encoder.named_parameters():
-            if p.requires_grad:
-                (enc_norm if "norm" in name else enc).append(p)
-        heads = [p for p in (self.classifier.weight, self.aux_classifier.weight) if p.requires_grad]
-        dec = [p for p in self.decoder.parameters() if p.requires_grad]
         norm_wd = 0.0 if float(encoder_norm_lr_mult) == 0.0 else weight_decay
-        groups = [
-            {"name": "encoder", "params": enc, "lr": base_lr, "weight_decay": weight_decay},
-            {"name": "encoder_norm", "params": enc_norm, "lr": base_lr * encoder_norm_lr_mult,
-             "weight_decay": norm_wd},
-            {"name": "heads", "params": heads, "lr": base_lr * head_lr_mult, "weight_decay": weight_decay},
-            {"name": "decoder", "params": dec, "lr": base_lr * head_lr_mult, "weight_decay": weight_decay},
-        ]
-        return [g for g in groups if g["params"]]
+        return encoder_head_param_groups(self.encoder, (self.classifier.weight, self.aux_classifier.weight),
+                                         self.decoder, base_lr=base_lr, weight_decay=weight_decay,
+                                         head_lr_mult=head_lr_mult, encoder_norm_lr_mult=encoder_norm_lr_mult,
+                                         norm_weight_decay=norm_wd)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, aux_layer={self.aux_layer}, pooling={self.pooling!r}, "

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.validation import check_tensor
+from ._param_groups import encoder_head_param_groups
 from .registry import register_model
 
 __all__ = ["TSCDNet", "TSCDOutput", "tscd", "tscd_mit_b1"]
@@ -216,24 +217,10 @@ class TSCDNet(nn.Module):
         Raises:
             ValueError: if ``base_lr`` or a multiplier is negative.
         """
-        for name, v in (("base_lr", base_lr), ("weight_decay", weight_decay), ("head_lr_mult", head_lr_mult),
-                        ("encoder_norm_lr_mult", encoder_norm_lr_mult)):
-            if float(v) < 0:
-                raise ValueError(f"{name}: expected a non-negative float, got {v}")
-        enc, enc_norm = [], []
-        for name, p in self.encoder.named_parameters():
-            if not p.requires_grad:
-                continue
-            (enc_norm if "norm" in name else enc).append(p)
-        heads = [p for p in list(self.classifier.parameters()) + list(self.affinity.parameters()) if p.requires_grad]
-        dec = [p for p in self.decoder.parameters() if p.requires_grad]
-        groups = [
-            {"name": "encoder", "params": enc, "lr": base_lr, "weight_decay": weight_decay},
-            {"name": "encoder_norm", "params": enc_norm, "lr": base_lr * encoder_norm_lr_mult, "weight_decay": 0.0},
-            {"name": "heads", "params": heads, "lr": base_lr * head_lr_mult, "weight_decay": weight_decay},
-            {"name": "decoder", "params": dec, "lr": base_lr * head_lr_mult, "weight_decay": weight_decay},
-        ]
-        return [g for g in groups if g["params"]]
+        heads = list(self.classifier.parameters()) + list(self.affinity.parameters())
+        return encoder_head_param_groups(self.encoder, heads, self.decoder, base_lr=base_lr,
+                                         weight_decay=weight_decay, head_lr_mult=head_lr_mult,
+                                         encoder_norm_lr_mult=encoder_norm_lr_mult, norm_weight_decay=0.0)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, pooling={self.pooling!r}, num_attn_maps={self.num_attn_maps}, "
