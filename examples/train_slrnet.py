@@ -12,7 +12,7 @@ the built-in synthetic shapes for a few CPU minutes and reports the standard WSS
     # 19,830 iterations, SGD Nesterov, 2 GPUs; the README evaluates with 5 scales x flip and a CRF):
     torchrun --nproc_per_node=2 examples/train_slrnet.py --dataset voc --root VOC2012 --device cuda \\
         --split train_aug --mask-dir SegmentationClassAug --cls-labels cls_labels.npy --eval-split val \\
-        --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.pth --train-long-side 352 --sync-bn \\
+        --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.pth --sync-bn \\
         --eval-msc slrnet --eval-crf slrnet
 
     # any VOC-layout folder with its own classes, a DINOv2 ViT-S/14 (e.g. ../shared/data/ccp_voc):

@@ -4,8 +4,10 @@ from . import transforms
 from .base import SegmentationDataset
 from .class_names import COCO_CLASSES, COCO_TO_VOC, VOC_CLASSES, read_class_names
 from .coco import COCOSegmentation
+from .color_jitter import ColorJitter, color_jitter
+from .random_resized_crop import RandomResizedCrop
 from .synthetic import SyntheticShapes
-from .transforms import eval_transform, train_transform
+from .transforms import eval_transform, slrnet_train_transform, train_transform
 from .voc import VOCSegmentation, load_cls_labels
 from .weak_strong import WeakStrongTransform
 
@@ -13,14 +15,18 @@ __all__: list[str] = [
     "COCOSegmentation",
     "COCO_CLASSES",
     "COCO_TO_VOC",
+    "ColorJitter",
+    "RandomResizedCrop",
     "SegmentationDataset",
     "SyntheticShapes",
     "VOCSegmentation",
     "VOC_CLASSES",
     "WeakStrongTransform",
+    "color_jitter",
     "eval_transform",
     "load_cls_labels",
     "read_class_names",
+    "slrnet_train_transform",
     "train_transform",
     "transforms",
 ]

@@ -55,6 +55,7 @@ __all__ = [
     "Normalize",
     "ToTensor",
     "train_transform",
+    "slrnet_train_transform",
     "eval_transform",
 ]
 
@@ -500,6 +501,64 @@ def train_transform(crop_size: int | Sequence[int] = 512, *, scale_range: Sequen
         steps.append(RandomHorizontalFlip(hflip_p))
     steps += [RandomCrop(crop_size, pad_value=pad_value, ignore_index=ignore_index, cat_max_ratio=cat_max_ratio),
               Normalize(mean, std), ToTensor()]
+    return Compose(steps, seed=seed)
+
+
+def slrnet_train_transform(crop_size: int | Sequence[int] = 321, *, scale: Sequence[float] = (0.9, 1.0),
+                           hflip_p: float = 0.5, jitter: Sequence[float] | None = (0.3, 0.3, 0.3, 0.1),
+                           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                           long_side: int | None = None, seed: int | None = None) -> Compose:
+    """SLRNet's training pipeline: random resized crop → h-flip → colour jitter → normalise → tensor.
+
+    :class:`~wsseg.data.RandomResizedCrop` (``crop_size``, area ``scale``, ratio (3/4, 4/3), bicubic; mask
+    and ``valid`` nearest) → :class:`RandomHorizontalFlip` (``hflip_p``) →
+    :class:`~wsseg.data.ColorJitter` (``*jitter``, p = 1) → :class:`Normalize` → :class:`ToTensor`, the
+    order of the official ``MaskRandResizedCrop`` → ``MaskHFlip`` → ``MaskColourJitter`` →
+    ``MaskNormalise``. The crop window lies inside the image, so there is no padding, ``valid`` stays all
+    ``True`` and no ``box`` is added; every output has the crop's shape.
+
+    Args:
+        crop_size: output ``S`` or ``(S_h, S_w)`` (official 321).
+        scale: area range of the crop window as a fraction of the image (official (0.9, 1.0)).
+        hflip_p: flip probability (0 disables).
+        jitter: ``(brightness, contrast, saturation, hue)`` strengths (official (0.3, 0.3, 0.3, 0.1)), or
+            ``None`` for no colour jitter.
+        mean, std: normalisation statistics in the 0–1 range (ImageNet).
+        long_side: if given, first resize every image so that its longer side is ``long_side`` pixels
+            (:class:`ResizeLongSide`; not official — the crop window is relative to the image anyway).
+        seed: seed of the pipeline's generator.
+
+    Returns:
+        A :class:`Compose`.
+
+    Raises:
+        ValueError: if ``jitter`` does not have 4 values, or from the steps' constructors.
+
+    Example:
+        >>> import numpy as np
+        >>> t = slrnet_train_transform(33, seed=0)
+        >>> s = t({"image": np.zeros((40, 50, 3), np.uint8), "mask": np.zeros((40, 50), np.uint8)})
+        >>> tuple(s["image"].shape), s["mask"].dtype, bool(s["valid"].all()), "box" in s
+        ((3, 33, 33), torch.int64, True, False)
+
+    Source:
+        SLRNet, Pan et al. IJCV 2022; github.com/DesertsP/SLRNet, ``datasets/pascal_voc.py``
+        (``VOCSegmentation`` transform) and ``datasets/transforms.py``; ``slrnet.md`` §7.
+    """
+    from .color_jitter import ColorJitter
+    from .random_resized_crop import RandomResizedCrop
+
+    if jitter is not None and len(jitter) != 4:
+        raise ValueError(f"jitter: expected (brightness, contrast, saturation, hue) or None, got {tuple(jitter)}")
+    steps: list[_Transform] = []
+    if long_side is not None:
+        steps.append(ResizeLongSide(long_side))
+    steps.append(RandomResizedCrop(crop_size, scale=scale, interpolation="bicubic"))
+    if hflip_p != 0:
+        steps.append(RandomHorizontalFlip(hflip_p))
+    if jitter is not None and any(float(v) != 0 for v in jitter):
+        steps.append(ColorJitter(*(float(v) for v in jitter), p=1.0))
+    steps += [Normalize(mean, std), ToTensor()]
     return Compose(steps, seed=seed)
 
 

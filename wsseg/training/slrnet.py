@@ -45,13 +45,14 @@ class SLRNetRecipe(RecipeMixin):
     they were set explicitly (:meth:`replace`, ``--set``). ``SLRNetRecipe().scaled(19830)`` changes nothing.
 
     Deviations: the official ``torch.autograd.set_detect_anomaly(True)`` is not used (it only slows the run
-    down). The official augmentation (RandomResizedCrop 321, scale (0.9, 1.0), bicubic; ColorJitter
-    (0.3, 0.3, 0.3, 0.1)) is approximated by the engine's rescale → flip → crop pipeline with
-    ``scale_range`` (no colour jitter); see :meth:`SLRNetMethod.train_transform`.
+    down). The augmentation is the official one (RandomResizedCrop 321, area ``scale_range`` (0.9, 1.0),
+    ratio (3/4, 4/3), bicubic → flip → ColorJitter (0.3, 0.3, 0.3, 0.1)), drawn from numpy generators
+    instead of torch's RNG; see :meth:`SLRNetMethod.train_transform`.
 
     Attributes:
         recipe: ``"slrnet"`` or ``"cam"``.
-        crop_size: training crop (321). scale_range: random rescale range (0.9, 1.0). hflip_p: 0.5.
+        crop_size: training crop (321). scale_range: area range of the random resized crop (0.9, 1.0).
+            hflip_p: 0.5. jitter: ColorJitter (brightness, contrast, saturation, hue) (0.3, 0.3, 0.3, 0.1).
         batch_size: global batch (16: DataParallel over 2 GPUs).
         iters: total iterations (19,830 = 30 × 661).
         warmup_iters: constant-lr iterations before the cosine (3,966 = 6 epochs).
@@ -78,6 +79,7 @@ class SLRNetRecipe(RecipeMixin):
     crop_size: int = 321
     scale_range: tuple[float, float] = (0.9, 1.0)
     hflip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     batch_size: int = 16
     iters: int = 30 * _IPE
     warmup_iters: int = 6 * _IPE
@@ -143,6 +145,8 @@ class SLRNetRecipe(RecipeMixin):
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range: expected 0 < low <= high, got {self.scale_range}")
+        if len(self.jitter) != 4 or any(not float(v) >= 0 for v in self.jitter) or float(self.jitter[3]) > 0.5:
+            raise ValueError(f"jitter: expected 4 non-negative strengths (hue <= 0.5), got {self.jitter}")
         if len(self.pamr_dilations) == 0 or any(int(d) < 1 for d in self.pamr_dilations):
             raise ValueError(f"pamr_dilations: expected positive dilations, got {self.pamr_dilations}")
         if self.nesterov and (self.momentum <= 0):
@@ -382,17 +386,17 @@ class SLRNetMethod(TrainingMethod):
         return WarmupCosineLR(optimizer, warmup_iters=r.warmup_iters, t_max=r.cosine_iters, eta_min=r.eta_min)
 
     def train_transform(self, long_side: int | None = None) -> Any:
-        """The engine's rescale (``scale_range``) → flip (``hflip_p``) → crop → normalise pipeline.
+        """The official pipeline, :func:`~wsseg.data.slrnet_train_transform`.
 
-        Deviation: the official RandomResizedCrop (area scale (0.9, 1.0), bicubic, aspect jitter) and
-        ColorJitter(0.3, 0.3, 0.3, 0.1) have no wsseg transform yet; with VOC photos (~500×375) use
-        ``--train-long-side`` ≈ the crop to keep most of each photo in the crop, as RandomResizedCrop does.
+        RandomResizedCrop (``crop_size``, area ``scale_range``, ratio (3/4, 4/3), bicubic) → flip
+        (``hflip_p``) → ColorJitter (``jitter``, p = 1) → ImageNet normalisation. ``long_side`` (optional,
+        not official) first resizes each image's longer side.
         """
-        from ..data import train_transform
+        from ..data import slrnet_train_transform
 
         r = self.recipe
-        return train_transform(r.crop_size, scale_range=r.scale_range, hflip_p=r.hflip_p, seed=r.seed,
-                               long_side=long_side)
+        return slrnet_train_transform(r.crop_size, scale=r.scale_range, hflip_p=r.hflip_p, jitter=r.jitter,
+                                      seed=r.seed, long_side=long_side)
 
     # ------------------------------------------------------------------ training
     def training_step(self, model: nn.Module, batch: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
