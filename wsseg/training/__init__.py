@@ -24,7 +24,7 @@ from .loop import (
     save_checkpoint,
     seed_everything,
 )
-from .method import TrainingMethod, check_training_batch
+from .method import TrainingMethod, check_training_batch, zero_weighted
 from .recipe import RecipeMixin
 from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
 from .slrnet import SLRNetMethod, SLRNetRecipe, SLRNetTrainingStep
@@ -41,6 +41,7 @@ __all__: list[str] = [
     "SLRNetRecipe",
     "SLRNetTrainingStep",
     "check_training_batch",
+    "zero_weighted",
     "CSVLogger",
     "DistributedEnv",
     "EMATeacher",

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..utils.image import denormalize
 from .distributed import unwrap_model
-from .method import TrainingMethod, check_training_batch
+from .method import TrainingMethod, check_training_batch, zero_weighted
 from .recipe import RecipeMixin
 
 __all__ = ["CoSAMethod", "CoSARecipe", "CoSATrainingStep", "CoSAPseudoLabels"]
@@ -433,18 +433,13 @@ class CoSATrainingStep:
             return loss, logs
 
         warmup = step <= r.loss_warmup_iters
-        if warmup and self.thresholds is None:
-            if not r.skip_zero_weighted_terms:
-                loss = loss + out.seg.sum(dtype=torch.float32) * 0.0
-            logs["loss"] = float(loss.detach())
-            return loss, logs
-
-        # 3.-4. teacher pseudo labels (thresholds updated every step when searched, also in warm-up)
-        pl = self.pseudo_labels(teacher, x_w, y, valid, update_thresholds=True)
-        logs.update(tau_low=pl.low, tau_high=pl.high, tau_low_aux=pl.low_aux, tau_high_aux=pl.high_aux)
+        if not warmup or self.thresholds is not None:
+            # 3.-4. teacher pseudo labels (the threshold queues are fed every step, also in the warm-up)
+            pl = self.pseudo_labels(teacher, x_w, y, valid, update_thresholds=True)
+            logs.update(tau_low=pl.low, tau_high=pl.high, tau_low_aux=pl.low_aux, tau_high_aux=pl.high_aux)
         if warmup:
             if not r.skip_zero_weighted_terms:
-                loss = loss + out.seg.sum(dtype=torch.float32) * 0.0
+                loss = loss + zero_weighted(out.seg)
             logs["loss"] = float(loss.detach())
             return loss, logs
 

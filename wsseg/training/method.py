@@ -9,7 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TrainingMethod", "check_training_batch"]
+__all__ = ["TrainingMethod", "check_training_batch", "zero_weighted"]
+
+
+def zero_weighted(*outputs: Tensor) -> Tensor:
+    """``0 * sum(outputs)``: exact zero gradients for every parameter the outputs depend on.
+
+    What the official codes get by multiplying inactive loss terms by 0 (TSCD's classification-only phase,
+    CoSA's loss warm-up), without computing those terms. The sums run in float32 (no fp16 overflow to inf,
+    which would turn 0·inf into NaN); the result is exactly 0 for finite outputs and NaN otherwise, as the
+    official zero-weighted terms.
+    """
+    total = outputs[0].sum(dtype=torch.float32)
+    for t in outputs[1:]:
+        total = total + t.sum(dtype=torch.float32)
+    return total * 0.0
 
 
 def check_training_batch(batch: Mapping[str, Tensor], model: nn.Module, step: int,

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..utils.image import denormalize
 from .distributed import unwrap_model
-from .method import TrainingMethod, check_training_batch
+from .method import TrainingMethod, check_training_batch, zero_weighted
 from .recipe import RecipeMixin
 
 __all__ = ["TSCDMethod", "TSCDRecipe", "TSCDTrainingStep", "fit_to_stride", "tscd_training_step"]
@@ -388,7 +388,7 @@ class TSCDTrainingStep:
             return loss, logs
         if step <= r.cam_iters:
             if not r.skip_zero_weighted_terms:
-                loss = loss + _zero_weighted(out.seg, out.aff)
+                loss = loss + zero_weighted(out.seg, out.aff)
             logs["loss"] = float(loss.detach())
             return loss, logs
 
@@ -432,7 +432,7 @@ class TSCDTrainingStep:
             unused = [out.seg] if max(r.w_seg, r.w_reg, r.w_scd) == 0 else []
             unused += [out.aff] if r.w_aff == 0 else []
             if unused:
-                loss = loss + _zero_weighted(*unused)
+                loss = loss + zero_weighted(*unused)
 
         logs["loss"] = float(loss.detach())
         logs["pseudo_ignore_frac"] = float((pseudo == 255).float().mean())
@@ -441,18 +441,6 @@ class TSCDTrainingStep:
 
     def __repr__(self) -> str:
         return f"TSCDTrainingStep(recipe={self.recipe.recipe!r}, cam_iters={self.recipe.cam_iters})"
-
-
-def _zero_weighted(*outputs: Tensor) -> Tensor:
-    """``0 * sum(outputs)``: exact zero gradients for every parameter the outputs depend on.
-
-    The sums run in float32 (no fp16 overflow to inf, which would turn 0·inf into NaN); the result is
-    exactly 0 for finite outputs and NaN otherwise, as the official zero-weighted terms.
-    """
-    total = outputs[0].sum(dtype=torch.float32)
-    for t in outputs[1:]:
-        total = total + t.sum(dtype=torch.float32)
-    return total * 0.0
 
 
 def _token_grid(model: nn.Module, aff: Tensor, x: Tensor) -> tuple[int, int]:
