@@ -75,8 +75,8 @@ def rebuild(args, ckpt: dict):
         raise SystemExit(f"{args.checkpoint}: unknown method {name!r} (known: {sorted(METHODS)})")
     spec = METHODS[name]
     recorded = extra.get("args", {})
-    if not recorded.get("backbone") or not recorded.get("decoder_dim"):
-        raise SystemExit(f"{args.checkpoint}: no backbone / decoder_dim recorded (not written by the training engine?)")
+    if not recorded.get("backbone"):
+        raise SystemExit(f"{args.checkpoint}: no backbone recorded (not written by the training engine?)")
     train_args = build_parser(spec).parse_args([])            # defaults of every data flag
     vars(train_args).update(recorded)
     for key in ("dataset", "root", "mask_dir", "cls_labels", "class_names", "coco_classes"):
@@ -93,7 +93,7 @@ def rebuild(args, ckpt: dict):
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from err
     model = method.build_model(data["seg_set"].num_classes, backbone=recorded["backbone"],
-                               decoder_dim=recorded["decoder_dim"])
+                               decoder_dim=recorded.get("decoder_dim"))
     return method, model, data["seg_set"], data["seg_split"]
 
 

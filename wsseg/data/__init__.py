@@ -8,6 +8,7 @@ from .color_jitter import ColorJitter, color_jitter
 from .random_resized_crop import RandomResizedCrop
 from .synthetic import SyntheticShapes
 from .transforms import eval_transform, slrnet_train_transform, train_transform
+from .vitpcm_views import ViTPCMTwoViewTransform, ViTPCMViewParams, vitpcm_color_jitter
 from .voc import VOCSegmentation, load_cls_labels
 from .weak_strong import WeakStrongTransform
 
@@ -21,6 +22,9 @@ __all__: list[str] = [
     "SyntheticShapes",
     "VOCSegmentation",
     "VOC_CLASSES",
+    "ViTPCMTwoViewTransform",
+    "ViTPCMViewParams",
+    "vitpcm_color_jitter",
     "WeakStrongTransform",
     "color_jitter",
     "eval_transform",

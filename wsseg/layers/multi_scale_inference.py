@@ -27,6 +27,9 @@ MULTI_SCALE_INFERENCE_PRESETS: dict[str, dict] = {
                  resize_to=(448, 448), output="logits"),
     "slrnet": dict(scales=(1.0, 1.5, 2.0, 0.5, 0.75), flip=True, scale_fuse="mean", flip_fuse="mean",
                    resize_to=None, output="probs"),
+    # ViT-PCM (main.py test): one pass at a square 960 x 960 resize (60 x 60 patches at ViT-B/16), no flip
+    "vitpcm": dict(scales=(1.0,), flip=False, scale_fuse="mean", flip_fuse="mean", resize_to=(960, 960),
+                   output="probs"),
 }
 
 
@@ -146,6 +149,7 @@ def multi_scale_inference(logit_fn: Callable[[Tensor], Tensor], images: Tensor, 
     afa/tscd  long side 512       1, 0.5, 0.75                   mean         max         logits
     cosa      (448, 448)          1, 0.5, 1.5, 0.75, 1.25        sum          sum         logits
     slrnet    none recorded       1, 1.5, 2, 0.5, 0.75           mean         mean        probs
+    vitpcm    (960, 960)          1 (no flip)                    mean         mean        probs
     ========  ==================  =============================  ===========  ==========  ========
 
     Args:
@@ -245,7 +249,7 @@ class MultiScaleInference(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str) -> MultiScaleInference:
-        """Official settings: ``"afa"``, ``"tscd"``, ``"cosa"`` or ``"slrnet"`` (table above).
+        """Official settings: ``"afa"``, ``"tscd"``, ``"cosa"``, ``"slrnet"`` or ``"vitpcm"`` (table above).
 
         Raises:
             ValueError: if ``name`` is not a known preset.

@@ -4,6 +4,7 @@ from .affinity_label import AffinityLabel, affinity_label, radius_window
 from .cam_to_label import CAMToLabel, cam_to_label
 from .dense_crf import DenseCRF, dense_crf
 from .dual_threshold import DualThresholdPseudoLabel, dual_threshold_pseudo_label, varm_pseudo_label
+from .merge_class_labels import MergeClassLabels, merge_class_labels
 from .perplexity_weight import PerplexityReliabilityWeight, perplexity_reliability_weight
 from .seg_pseudo_label import SegPseudoLabel, seg_pseudo_label
 from .slrnet_postprocess import SLRNetPostprocess, slrnet_postprocess, slrnet_predicted_classes
@@ -20,6 +21,8 @@ __all__ = [
     "dual_threshold_pseudo_label",
     "DualThresholdPseudoLabel",
     "gmm_1d",
+    "merge_class_labels",
+    "MergeClassLabels",
     "GMM1DResult",
     "perplexity_reliability_weight",
     "PerplexityReliabilityWeight",

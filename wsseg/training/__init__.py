@@ -1,6 +1,7 @@
 """The shared training engine (:class:`Trainer`, DDP, AMP, exact resume, evaluation), the protocol a
 method implements (:class:`TrainingMethod`), the methods' recipes and loop helpers."""
 
+from .apc import APCMethod, APCRecipe, APCTrainingStep
 from .cosa import CoSAMethod, CoSAPseudoLabels, CoSARecipe, CoSATrainingStep
 from .distributed import (
     DistributedEnv,
@@ -30,8 +31,16 @@ from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
 from .slrnet import SLRNetMethod, SLRNetRecipe, SLRNetTrainingStep
 from .trainer import TrainConfig, Trainer
 from .tscd import TSCDMethod, TSCDRecipe, TSCDTrainingStep, fit_to_stride, tscd_training_step
+from .vitpcm import ViTPCMMethod, ViTPCMRecipe, ViTPCMTrainingStep, vitpcm_pseudo_label
 
 __all__: list[str] = [
+    "APCMethod",
+    "APCRecipe",
+    "APCTrainingStep",
+    "ViTPCMMethod",
+    "ViTPCMRecipe",
+    "ViTPCMTrainingStep",
+    "vitpcm_pseudo_label",
     "CoSAMethod",
     "CoSAPseudoLabels",
     "CoSARecipe",

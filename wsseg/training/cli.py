@@ -23,7 +23,7 @@ from .loop import seed_everything
 from .method import TrainingMethod
 from .trainer import TrainConfig, Trainer
 
-__all__ = ["COSA_CLI", "METHODS", "MethodCLI", "SLRNET_CLI", "TSCD_CLI", "build_datasets", "build_parser", "main", "make_recipe"]
+__all__ = ["APC_CLI", "COSA_CLI", "METHODS", "MethodCLI", "SLRNET_CLI", "TSCD_CLI", "VITPCM_CLI", "build_datasets", "build_parser", "main", "make_recipe"]
 
 SYNTHETIC = dict(num_images=96, size=96, num_classes=3)
 
@@ -84,8 +84,35 @@ def _slrnet_cli() -> MethodCLI:
 
 SLRNET_CLI = _slrnet_cli()
 
+
+
+def _vitpcm_cli() -> MethodCLI:
+    from .vitpcm import ViTPCMMethod, ViTPCMRecipe
+
+    return MethodCLI("vitpcm", ViTPCMMethod, ViTPCMRecipe, ("vitpcm", "vitpcm_coco"),
+                     synthetic_defaults=dict(backbone="test_vit", crop=96, iters=300, batch_size=4, decoder_dim=None),
+                     real_defaults=dict(backbone="vit_base_patch16_384", crop=384, iters=13280, batch_size=64,
+                                        decoder_dim=None))
+
+
+VITPCM_CLI = _vitpcm_cli()
+
+
+def _apc_cli() -> MethodCLI:
+    from .apc import APCMethod, APCRecipe
+
+    # no decoder width default: APC publishes none (pass --decoder-dim)
+    return MethodCLI("apc", APCMethod, APCRecipe, ("apc", "apc_coco"),
+                     synthetic_defaults=dict(backbone="test_vit", crop=96, iters=300, batch_size=4, decoder_dim=None),
+                     real_defaults=dict(backbone="vit_base_patch16_384", crop=384, iters=13280, batch_size=64,
+                                        decoder_dim=None))
+
+
+APC_CLI = _apc_cli()
+
 #: The methods the shared command line knows, by name (what checkpoints record as ``method``).
-METHODS: dict[str, MethodCLI] = {"tscd": TSCD_CLI, "cosa": COSA_CLI, "slrnet": SLRNET_CLI}
+METHODS: dict[str, MethodCLI] = {"tscd": TSCD_CLI, "cosa": COSA_CLI, "slrnet": SLRNET_CLI, "vitpcm": VITPCM_CLI,
+                                 "apc": APC_CLI}
 
 
 def build_parser(spec: MethodCLI, description: str | None = None) -> argparse.ArgumentParser:
