@@ -26,9 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
 
@@ -36,6 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
+
+from benchmarks._iteration import measure, print_phase_table, run_cases, ticker  # noqa: E402
 
 PHASES = ["target pass", "forward (view 1 + mosaic)", "ViT-PCM losses", "APC terms", "backward"]
 
@@ -48,10 +47,7 @@ def phased_step(method, model, batch, timings, apc: bool):
     step_fn, r = method.step_fn, method.recipe
     x1, y = batch["image"], batch["label"]
 
-    def tick(name, t0):
-        timings.setdefault(name, []).append(time.perf_counter() - t0)
-        return time.perf_counter()
-
+    tick = ticker(timings)
     t = time.perf_counter()
     model.encoder_grad = True
     y_bg = torch.cat([torch.ones_like(y[:, :1]), y], dim=1)
@@ -104,25 +100,10 @@ def run_case(batch_size: int, crop: int, repeats: int, backbone: str, apc: bool)
         method = ViTPCMMethod(ViTPCMRecipe(**common))
         model = method.build_model(20, backbone=backbone).train()
     batch = _batch(batch_size, crop, patch)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    state = torch.get_rng_state()
-    ref, _ = method.training_step(model, batch, step=1)
-    model.zero_grad(set_to_none=True)
-    torch.set_rng_state(state)
-    got = phased_step(method, model, batch, {}, apc)
-    model.zero_grad(set_to_none=True)
-    assert torch.allclose(got, ref.detach(), rtol=1e-4, atol=1e-5), (float(got), float(ref))
-    timings: dict[str, list[float]] = {}
-    totals = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        phased_step(method, model, batch, timings, apc)
-        model.zero_grad(set_to_none=True)
-        totals.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"batch": batch_size, "crop": crop, "method": "apc" if apc else "vitpcm", "total": statistics.median(totals),
-            "phases": {k: statistics.median(v) for k, v in timings.items()},
-            "peak_rss_delta_mb": max(peak - rss0, 0) / 1024.0, "threads": torch.get_num_threads()}
+    row = measure(lambda timings: phased_step(method, model, batch, timings, apc),
+                  lambda: method.training_step(model, batch, step=1)[0], repeats,
+                  lambda: model.zero_grad(set_to_none=True))
+    return {"batch": batch_size, "crop": crop, "method": "apc" if apc else "vitpcm", **row}
 
 
 def main() -> None:
@@ -137,23 +118,12 @@ def main() -> None:
         b, apc = args.case.split(",")
         print(json.dumps(run_case(int(b), args.crop, args.repeats, args.backbone, apc == "1")))
         return
-    rows = []
-    for b in args.batch:
-        for apc in (0, 1):
-            cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{b},{apc}", "--crop", str(args.crop),
-                   "--repeats", str(args.repeats), "--backbone", args.backbone]
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(f"One ViT-PCM / APC iteration on CPU ({args.backbone}, crop {args.crop}, {rows[0]['threads']} threads, "
-          f"median of {args.repeats}; seconds, share of the total in parentheses)\n")
-    print("| phase | " + " | ".join(f"{r['method']} batch {r['batch']}" for r in rows) + " |")
-    print("|---|" + "---|" * len(rows))
-    for ph in PHASES:
-        cells = [f"{r['phases'][ph]:.3f} ({100 * r['phases'][ph] / r['total']:.0f}%)" for r in rows]
-        print(f"| {ph} | " + " | ".join(cells) + " |")
-    print("| **total** | " + " | ".join(f"**{r['total']:.3f}**" for r in rows) + " |")
-    print("| peak RSS increase (MB) | " + " | ".join(f"{r['peak_rss_delta_mb']:.0f}" for r in rows) + " |")
-
+    cases = [["--case", f"{b},{apc}", "--crop", str(args.crop), "--repeats", str(args.repeats), "--backbone",
+              args.backbone] for b in args.batch for apc in (0, 1)]
+    rows = run_cases(__file__, cases)
+    print_phase_table(f"One ViT-PCM / APC iteration on CPU ({args.backbone}, crop {args.crop}, {rows[0]['threads']} "
+                      f"threads, median of {args.repeats}; seconds, share of the total in parentheses)", rows, PHASES,
+                      lambda r: f"{r['method']} batch {r['batch']}")
 
 if __name__ == "__main__":
     main()

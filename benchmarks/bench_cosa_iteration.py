@@ -31,9 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
 
@@ -42,6 +39,8 @@ sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from benchmarks._iteration import measure, print_phase_table, run_cases, ticker  # noqa: E402
 
 PHASES = ["teacher passes", "cpl", "student forward", "swap losses", "energy loss", "backward", "ema update"]
 
@@ -55,10 +54,7 @@ def phased_step(method, student, batch, timings, official: bool = False):
     step_fn, r, teacher = method.step_fn, method.recipe, method.teacher
     x_w, x_s, y, valid = batch["image"], batch["image_strong"], batch["label"], batch["valid"]
 
-    def tick(name, t0):
-        timings.setdefault(name, []).append(time.perf_counter() - t0)
-        return time.perf_counter()
-
+    tick = ticker(timings)
     t = time.perf_counter()
     with torch.no_grad():
         if official:
@@ -120,26 +116,15 @@ def run_case(batch_size: int, crop: int, repeats: int, backbone: str, official: 
     x = torch.randn(batch_size, 3, crop, crop)
     batch = {"image": x, "image_strong": x + 0.1 * torch.randn_like(x), "label": labels,
              "valid": torch.ones(batch_size, crop, crop, dtype=torch.bool)}
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # correctness: the phased re-implementation equals the library step on the same inputs
-    ref, _ = method.training_step(student, batch, step=1)
-    student.zero_grad(set_to_none=True)
     teacher_state = {k: v.clone() for k, v in method.teacher.state_dict().items()}
-    got = phased_step(method, student, batch, {}, official=official)
-    method.teacher.load_state_dict(teacher_state)
-    student.zero_grad(set_to_none=True)
-    assert torch.allclose(got, ref.detach(), rtol=1e-4, atol=1e-5), (float(got), float(ref))
-    timings: dict[str, list[float]] = {}
-    totals = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        phased_step(method, student, batch, timings, official=official)
+
+    def reset():  # the phased step updates the EMA teacher: start every call from the same one
         student.zero_grad(set_to_none=True)
-        totals.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"batch": batch_size, "crop": crop, "official": official, "total": statistics.median(totals),
-            "phases": {k: statistics.median(v) for k, v in timings.items()},
-            "peak_rss_delta_mb": max(peak - rss0, 0) / 1024.0, "threads": torch.get_num_threads()}
+        method.teacher.load_state_dict(teacher_state)
+
+    row = measure(lambda timings: phased_step(method, student, batch, timings, official=official),
+                  lambda: method.training_step(student, batch, step=1)[0], repeats, reset)
+    return {"batch": batch_size, "crop": crop, "official": official, **row}
 
 
 def main() -> None:
@@ -154,24 +139,12 @@ def main() -> None:
         b, off = args.case.split(",")
         print(json.dumps(run_case(int(b), args.crop, args.repeats, args.backbone, off == "1")))
         return
-    rows = []
-    for b in args.batch:
-        for off in (0, 1):
-            cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{b},{off}", "--crop", str(args.crop),
-                   "--repeats", str(args.repeats), "--backbone", args.backbone]
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(f"One CoSA iteration on CPU ({args.backbone}, crop {args.crop}, {rows[0]['threads']} threads, median "
-          f"of {args.repeats}; seconds, share of the total in parentheses)\n")
-    head = [f"batch {r['batch']} {'official formulation' if r['official'] else 'wsseg'}" for r in rows]
-    print("| phase | " + " | ".join(head) + " |")
-    print("|---|" + "---|" * len(rows))
-    for ph in PHASES:
-        cells = [f"{r['phases'][ph]:.3f} ({100 * r['phases'][ph] / r['total']:.0f}%)" for r in rows]
-        print(f"| {ph} | " + " | ".join(cells) + " |")
-    print("| **total** | " + " | ".join(f"**{r['total']:.3f}**" for r in rows) + " |")
-    print("| peak RSS increase (MB) | " + " | ".join(f"{r['peak_rss_delta_mb']:.0f}" for r in rows) + " |")
-
+    cases = [["--case", f"{b},{off}", "--crop", str(args.crop), "--repeats", str(args.repeats), "--backbone",
+              args.backbone] for b in args.batch for off in (0, 1)]
+    rows = run_cases(__file__, cases)
+    print_phase_table(f"One CoSA iteration on CPU ({args.backbone}, crop {args.crop}, {rows[0]['threads']} threads, "
+                      f"median of {args.repeats}; seconds, share of the total in parentheses)", rows, PHASES,
+                      lambda r: f"batch {r['batch']} {'official formulation' if r['official'] else 'wsseg'}")
 
 if __name__ == "__main__":
     main()

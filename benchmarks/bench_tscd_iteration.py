@@ -29,14 +29,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks._iteration import measure, print_phase_table, run_cases, ticker  # noqa: E402
 
 PHASES = ["forward", "cam passes", "second view", "scd", "varm label", "aff+seg loss", "energy loss", "backward"]
 
@@ -51,10 +53,7 @@ def phased_step(model, step_fn, batch, timings):
     x, y, valid = batch["image"], batch["label"], batch["valid"]
     H, W = x.shape[-2:]
 
-    def tick(name, t0):
-        timings.setdefault(name, []).append(time.perf_counter() - t0)
-        return time.perf_counter()
-
+    tick = ticker(timings)
     t = time.perf_counter()
     out = model(x)
     l_cls = F.multilabel_soft_margin_loss(out.cls, y)
@@ -98,27 +97,9 @@ def run_case(batch_size: int, crop: int, repeats: int, backbone: str, energy_bac
     labels[0, 11] = 1
     batch = {"image": torch.randn(batch_size, 3, crop, crop), "label": labels,
              "valid": torch.ones(batch_size, crop, crop, dtype=torch.bool)}
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # correctness: the phased re-implementation equals the library step for the same RNG state
-    torch.manual_seed(1)
-    ref, logs = step_fn(model, batch, step=1)
-    ref.backward()
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(1)
-    got = phased_step(model, step_fn, batch, {})
-    model.zero_grad(set_to_none=True)
-    assert torch.allclose(got, ref.detach(), rtol=1e-4, atol=1e-5), (float(got), float(ref))
-    timings: dict[str, list[float]] = {}
-    totals = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        phased_step(model, step_fn, batch, timings)
-        model.zero_grad(set_to_none=True)
-        totals.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"batch": batch_size, "crop": crop, "total": statistics.median(totals),
-            "phases": {k: statistics.median(v) for k, v in timings.items()},
-            "peak_rss_delta_mb": max(peak - rss0, 0) / 1024.0, "threads": torch.get_num_threads()}
+    row = measure(lambda timings: phased_step(model, step_fn, batch, timings),
+                  lambda: step_fn(model, batch, step=1)[0], repeats, lambda: model.zero_grad(set_to_none=True))
+    return {"batch": batch_size, "crop": crop, **row}
 
 
 def main() -> None:
@@ -133,23 +114,12 @@ def main() -> None:
     if args.case is not None:
         print(json.dumps(run_case(args.case, args.crop, args.repeats, args.backbone, args.energy_backend)))
         return
-    rows = []
-    for b in args.batch:
-        cmd = [sys.executable, os.path.abspath(__file__), "--case", str(b), "--crop", str(args.crop),
-               "--repeats", str(args.repeats), "--backbone", args.backbone, "--energy-backend", args.energy_backend]
-        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(f"One TSCD iteration on CPU ({args.backbone}, crop {args.crop}, {rows[0]['threads']} threads, "
-          f"energy backend {args.energy_backend}, median of {args.repeats}; seconds, share of the total in "
-          "parentheses)\n")
-    print("| phase | " + " | ".join(f"batch {r['batch']}" for r in rows) + " |")
-    print("|---|" + "---|" * len(rows))
-    for ph in PHASES:
-        cells = [f"{r['phases'][ph]:.3f} ({100 * r['phases'][ph] / r['total']:.0f}%)" for r in rows]
-        print(f"| {ph} | " + " | ".join(cells) + " |")
-    print("| **total** | " + " | ".join(f"**{r['total']:.3f}**" for r in rows) + " |")
-    print("| peak RSS increase (MB) | " + " | ".join(f"{r['peak_rss_delta_mb']:.0f}" for r in rows) + " |")
-
+    cases = [["--case", str(b), "--crop", str(args.crop), "--repeats", str(args.repeats), "--backbone", args.backbone,
+              "--energy-backend", args.energy_backend] for b in args.batch]
+    rows = run_cases(__file__, cases)
+    print_phase_table(f"One TSCD iteration on CPU ({args.backbone}, crop {args.crop}, {rows[0]['threads']} threads, "
+                      f"energy backend {args.energy_backend}, median of {args.repeats}; seconds, share of the total "
+                      "in parentheses)", rows, PHASES, lambda r: f"batch {r['batch']}")
 
 if __name__ == "__main__":
     main()
