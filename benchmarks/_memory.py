@@ -41,3 +41,22 @@ def peak_rss_increase_mib(fn: Callable[[], object]) -> float | None:
     before = proc_status_kib("VmRSS")
     fn()
     return (proc_status_kib("VmHWM") - before) / 1024.0
+
+
+def peak_memory_mib(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Run ``fn()`` once; the rise of peak memory above the level before it, in MiB (NaN where unknown).
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the call (synchronised);
+    elsewhere :func:`peak_rss_increase_mib`.
+    """
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    mib = peak_rss_increase_mib(fn)
+    return float("nan") if mib is None else mib

@@ -36,7 +36,7 @@ sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
-from benchmarks._memory import peak_rss_increase_mib  # noqa: E402
+from benchmarks._memory import peak_memory_mib  # noqa: E402
 from tests.reference.official_vitpcm_lstm import loop_hv_bilstm  # noqa: E402
 from wsseg.layers import HVBiLSTM  # noqa: E402
 
@@ -80,16 +80,7 @@ def check_equal(case) -> None:
 
 def worker(method: str, B: int, device: str) -> dict:
     case = make_case(B, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        run(method, case)
-        torch.cuda.synchronize()
-        mib = (torch.cuda.max_memory_allocated() - before) / 2**20
-    else:
-        mib = peak_rss_increase_mib(lambda: run(method, case))
-    return {"peak_mib": float("nan") if mib is None else mib}
+    return {"peak_mib": peak_memory_mib(lambda: run(method, case), device)}
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks._memory import peak_rss_increase_mib  # noqa: E402
+from benchmarks._memory import peak_memory_mib  # noqa: E402
 from tests.reference.official_vitpcm_contrast import dense_patch_contrast  # noqa: E402
 from wsseg.losses import patch_contrast_loss  # noqa: E402
 
@@ -89,16 +89,7 @@ def check_equal(form: str, scope: str, case) -> None:
 
 def worker(method: str, form: str, scope: str, B: int, device: str) -> dict:
     case = make_case(B, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        run(method, form, scope, case)
-        torch.cuda.synchronize()
-        mib = (torch.cuda.max_memory_allocated() - before) / 2**20
-    else:
-        mib = peak_rss_increase_mib(lambda: run(method, form, scope, case))
-    return {"peak_mib": float("nan") if mib is None else mib}
+    return {"peak_mib": peak_memory_mib(lambda: run(method, form, scope, case), device)}
 
 
 def main() -> None:

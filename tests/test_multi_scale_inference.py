@@ -84,12 +84,15 @@ def test_function_equals_module_and_shapes():
         out_f = multi_scale_inference(fn, x, **MULTI_SCALE_INFERENCE_PRESETS[name])
         assert out_m.shape == (2, 4, 20, 30)
         assert torch.allclose(out_m, out_f)
-        assert all(c[0] == 4 for c in calls)  # image + mirror in one batch
+        flip = MULTI_SCALE_INFERENCE_PRESETS[name]["flip"]
+        assert all(c[0] == (4 if flip else 2) for c in calls)  # image + mirror in one batch
     afa = MultiScaleInference.from_preset("afa").make_inputs(x)
     # long side 512: 30 -> 512, 20 -> int(20 * 512 / 30) = 341; then scales 0.5 / 0.75 (floor)
     assert [tuple(t.shape[-2:]) for t in afa] == [(341, 512), (170, 256), (255, 384)]
     cosa = MultiScaleInference.from_preset("cosa").make_inputs(x)
     assert [tuple(t.shape[-2:]) for t in cosa] == [(448, 448), (224, 224), (672, 672), (336, 336), (560, 560)]
+    vitpcm = MultiScaleInference.from_preset("vitpcm").make_inputs(x)          # ViT-PCM: one 960 x 960 pass
+    assert [tuple(t.shape) for t in vitpcm] == [(2, 3, 960, 960)]
     assert torch.equal(cosa[0][2:], cosa[0][:2].flip(-1))
 
 
