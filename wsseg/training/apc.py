@@ -30,15 +30,16 @@ class APCRecipe(ViTPCMRecipe):
     pipeline single-stage. Everything else is **[assumed]**: the composition is :class:`APCTrainingStep`; the
     ViT-PCM fields keep their official values; the fields below without a published value default to
     ``None`` and :meth:`check_required` (called by :class:`APCMethod`) raises until they are set
-    (``--set k_mode=ratio_to_max rho=0.5 w_pcl=... w_seg=... seg_start_iters=...``).
+    (``--set k_mode=ratio_to_max rho=0.5 w_pcl=... w_seg=... seg_start_iters=...``). The fields below come in
+    addition to :class:`ViTPCMRecipe`'s.
 
-    Args (in addition to :class:`ViTPCMRecipe`'s):
+    Args:
         recipe: ``"apc"`` (VOC view-2 cropping) or ``"apc_coco"`` (no crop).
         k_mode: pooling rule — **required** (``"max"`` turns APC's pooling into ViT-PCM's); the adaptive
             modes also need ``rho`` (and optionally ``k_min`` / ``k_max``), ``"fixed"`` needs ``k``.
-        pcl_form, pcl_margin, pcl_temperature, pcl_scope, pcl_min_confidence:
-            :class:`~wsseg.losses.PatchContrastLoss` (spec defaults: margin form, margin 0, image scope;
-            the InfoNCE form requires the temperature).
+        pcl_form, pcl_margin, pcl_temperature, pcl_scope, pcl_min_confidence: the patch contrast
+            (:class:`~wsseg.losses.PatchContrastLoss`; spec defaults: margin form, margin 0, image scope; the
+            InfoNCE form requires the temperature).
         w_pcl: weight of the patch contrastive loss — **required**.
         w_seg: weight of the decoder's segmentation loss — **required**.
         seg_start_iters: first iteration with the segmentation loss — **required** (0: from the start).
