@@ -167,3 +167,52 @@ def test_errors():
         net(torch.zeros(1, 3, 33, 33, dtype=torch.long))
     assert "num_atoms=4" in repr(net)
     assert F.softmax(net.eval()(torch.randn(1, 3, 17, 17)).seg, 1).shape == (1, 4, 5, 5)
+
+
+# ---------------------------------------------------------------------- timm CNN backbones
+def test_slrnet_on_a_timm_cnn_backbone_trains_both_views():
+    from wsseg.backbones import TimmCNNBackbone
+
+    torch.manual_seed(0)
+    net = create_model("slrnet", backbone="test_efficientnet", num_classes=3, feature_dim=16)
+    assert isinstance(net.backbone, TimmCNNBackbone) and net.output_stride == 4 and net.stride == 1
+    out = net(torch.randn(2, 3, 64, 64), torch.randn(2, 3, 32, 32))
+    assert out.seg_logits1.shape == (2, 4, 16, 16) and out.seg_logits2.shape == (2, 4, 8, 8)
+    out.seg_logits1.sum().backward()
+    assert any(p.grad is not None for p in net.backbone.parameters())
+    with pytest.raises(ValueError, match="vit_skip_layer"):
+        create_model("slrnet", backbone="test_efficientnet", num_classes=3, vit_skip_layer=1)
+
+
+def test_cnn_weights_load_by_name_and_by_order(tmp_path):
+    from wsseg.backbones import TimmCNNBackbone
+
+    torch.manual_seed(0)
+    src = TimmCNNBackbone("test_efficientnet")
+    sd = src.model.state_dict()
+    torch.save(sd, tmp_path / "by_name.pth")
+    renamed = {f"layer{i}.{k.replace('.', '_')}": v for i, (k, v) in enumerate(sd.items())}
+    renamed["classifier.weight"] = torch.zeros(5, 7)             # a trailing head the backbone lacks
+    torch.save(renamed, tmp_path / "by_order.pth")
+    for f in ("by_name.pth", "by_order.pth"):
+        torch.manual_seed(1)
+        dst = TimmCNNBackbone("test_efficientnet", weights=tmp_path / f)
+        for k, v in dst.model.state_dict().items():
+            assert torch.equal(v, sd[k]), (f, k)
+    bad = dict(list(renamed.items())[:3])
+    torch.save(bad, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match="short.pth"):
+        TimmCNNBackbone("test_efficientnet", weights=tmp_path / "short.pth")
+
+
+def test_torchvision_mobilenet_v2_weights_load_into_the_slrnet_backbone():
+    import os
+
+    shared = os.environ.get("WSSEG_SHARED")
+    path = os.path.join(shared or "", "weights", "mobilenet_v2-b0353104.pth")
+    if not shared or not os.path.isfile(path):
+        pytest.skip("WSSEG_SHARED not set or mobilenet_v2-b0353104.pth missing (real weights)")
+    net = create_model("slrnet", backbone="mobilenetv2_100", num_classes=3, feature_dim=16, weights=path)
+    tv = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.equal(net.backbone.model.conv_stem.weight, tv["features.0.0.weight"])
+    assert torch.equal(net.backbone.model.conv_head.weight, tv["features.18.0.weight"])

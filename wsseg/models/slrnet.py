@@ -277,6 +277,14 @@ class SLRNet(nn.Module):
 
 
 # ---------------------------------------------------------------------- builders
+_VIT_PREFIXES = ("vit_", "test_vit", "deit", "eva", "beit")
+
+
+def _is_timm_vit(name: str) -> bool:
+    """Whether timm's ``name`` is a Vision Transformer (by its family prefix); other timm models are CNNs here."""
+    return name.startswith(_VIT_PREFIXES)
+
+
 def _build_backbone(backbone: str, weights: str | os.PathLike | None, vit_skip_layer: int | None,
                     **backbone_kwargs: Any) -> nn.Module:
     if not isinstance(backbone, str):
@@ -292,8 +300,15 @@ def _build_backbone(backbone: str, weights: str | os.PathLike | None, vit_skip_l
     import timm
 
     if backbone.startswith("mit_") or not timm.is_model(backbone):
-        raise ValueError(f"backbone: expected 'resnet38d', 'resnet38d_w<divisor>' or a timm ViT name, got {backbone!r}")
-    from ..backbones import TimmViTBackbone
+        raise ValueError(f"backbone: expected 'resnet38d', 'resnet38d_w<divisor>' or a timm model name, "
+                         f"got {backbone!r}")
+    from ..backbones import TimmCNNBackbone, TimmViTBackbone
+
+    if not _is_timm_vit(backbone):
+        if vit_skip_layer is not None:
+            raise ValueError(f"vit_skip_layer: only for ViT backbones, got {vit_skip_layer!r} with {backbone!r}")
+        # a CNN: the stride-4 stage as the shallow map (WR38's conv3 role), the last stage as the deep map
+        return TimmCNNBackbone(backbone, weights=weights, out_indices=(1, -1), **backbone_kwargs)
     from .tscd import _vit_depth
 
     depth = _vit_depth(backbone)
@@ -325,9 +340,14 @@ def slrnet(backbone: str = "resnet38d", num_classes: int = 20, weights: str | os
       used both as the decoder skip and as GCI's shallow map. Everything runs at the patch stride
       (14 or 16 instead of 4), so the masks are coarser; the ASPP dilations stay those of output stride 8
       unless ``aspp_dilations`` is given.
+    * any other timm model name, a CNN (``"mobilenetv2_100"``, ``"resnet50"``, ``"test_efficientnet"``),
+      through :class:`~wsseg.backbones.TimmCNNBackbone`: the stride-4 stage is the shallow map (WR38's conv3
+      role) and the last stage (stride 32) the deep map, upsampled to stride 4 by the decoder; ``weights`` by
+      name or, for the same architecture under other key names (torchvision's MobileNetV2 checkpoint), by
+      order (:func:`~wsseg.backbones.load_weights_by_order`).
 
     Args:
-        backbone: ``"resnet38d"``, ``"resnet38d_w<n>"`` or a timm ViT name.
+        backbone: ``"resnet38d"``, ``"resnet38d_w<n>"``, a timm ViT name or a timm CNN name.
         num_classes: K foreground classes (VOC 20, COCO 80).
         weights: backbone weights file.
         pretrained: must stay ``False`` (wsseg never downloads; pass ``weights``).
