@@ -147,7 +147,7 @@ def test_param_groups_are_the_four_official_groups():
 # ---------------------------------------------------------------------- errors
 def test_errors():
     with pytest.raises(ValueError, match="backbone"):
-        create_model("slrnet", backbone="resnet50")
+        create_model("slrnet", backbone="not_a_timm_model")
     with pytest.raises(ValueError, match="pretrained"):
         create_model("slrnet", pretrained=True)
     with pytest.raises(ValueError, match="weights"):
