@@ -336,3 +336,15 @@ def test_two_view_batch_from_the_method_transform():
     assert s["image"].shape == (3, 32, 32) and s["image_view2"].shape == (3, 16, 16)
     box = s["crop_box_view2"].tolist()
     assert box[2] - box[0] == box[3] - box[1] == 1                        # 32 / 3 -> 1 patch of 16 px
+
+
+def test_cli_set_takes_several_overrides_per_flag():
+    """``--set a=1 b=2`` (the form the APC docs show) equals two ``--set`` flags; both reach the recipe."""
+    from wsseg.training.cli import build_parser, make_recipe
+
+    parser = build_parser(APC_CLI)
+    one = parser.parse_args(["--set", "k_mode=fixed", "k=8", "w_pcl=0.5", "--set", "w_seg=2", "seg_start_iters=3"])
+    assert one.overrides == ["k_mode=fixed", "k=8", "w_pcl=0.5", "w_seg=2", "seg_start_iters=3"]
+    recipe = make_recipe(APC_CLI, one)
+    assert (recipe.k_mode, recipe.k, recipe.w_pcl, recipe.w_seg, recipe.seg_start_iters) == ("fixed", 8, 0.5, 2.0, 3)
+    recipe.check_required()  # nothing missing

@@ -152,8 +152,9 @@ def build_parser(spec: MethodCLI, description: str | None = None) -> argparse.Ar
     d.add_argument("--synthetic-classes", type=int, default=SYNTHETIC["num_classes"])
     m = p.add_argument_group("model and recipe")
     m.add_argument("--recipe", choices=list(spec.recipes), default=spec.recipes[0])
-    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe field, e.g. --set energy_scale=0.25 (repeatable)")
+    m.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override recipe fields, e.g. --set energy_scale=0.25 or --set k_mode=fixed k=8 "
+                        "(several per flag; the flag is repeatable)")
     m.add_argument("--backbone", default=None, help="mit_b0/mit_b1/... or a timm ViT name")
     m.add_argument("--weights", default=None, help="encoder weights file (nothing is downloaded)")
     m.add_argument("--decoder-dim", type=int, default=None)
