@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
+from benchmarks._compare import interleaved_medians, subprocess_peaks  # noqa: E402
 from benchmarks._memory import peak_memory_mib  # noqa: E402
 from tests.reference.official_slrnet_lowrank import (  # noqa: E402
     OfficialFactorizationReconstruction,
@@ -80,10 +78,6 @@ def run(method: str, case) -> tuple[list[torch.Tensor], list[torch.Tensor], torc
     return outs + codes, grads, dictionary, views
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def check_equal(case) -> None:
     a_vals, a_grads, a_dict, _ = run("wsseg", case)
@@ -124,26 +118,13 @@ def main() -> None:
     for B in batches:
         case = make_case(B, args.device)
         check_equal(case)
-        times: dict[str, list[float]] = {m: [] for m in METHODS}
-        for m in METHODS:  # warm-up
-            run(m, case)
-        for _ in range(repeats):
-            for m in METHODS:
-                _sync(args.device)
-                t0 = time.perf_counter()
-                run(m, case)
-                _sync(args.device)
-                times[m].append(time.perf_counter() - t0)
+        times = interleaved_medians(METHODS, lambda m, c=case: run(m, c), repeats, args.device)
         del case
-        mem = {}
+        mem = subprocess_peaks(os.path.abspath(__file__), METHODS, lambda m, b=B: (m, str(b)), args.threads,
+                               extra=("--device", args.device))
+        base = times["official"]
         for m in METHODS:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-                                  "--device", args.device, "--worker", m, str(B)],
-                                 capture_output=True, text=True, check=True)
-            mem[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
-        base = statistics.median(times["official"])
-        for m in METHODS:
-            t = statistics.median(times[m])
+            t = times[m]
             print(f"| {B} | {m} | {1000 * t:.1f} | {base / t:.2f}× | {mem[m]:.0f} |")
 
 

@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -36,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
+from benchmarks._compare import interleaved_medians, subprocess_peaks  # noqa: E402
 from benchmarks._memory import peak_rss_increase_mib  # noqa: E402
 from tests.reference.official_vitpcm_losses import (  # noqa: E402
     official_cce_loss,
@@ -141,23 +139,13 @@ def main() -> None:
         for B in batches:
             case = make_case(component, B)
             check_equal(component, case)
-            times: dict[str, list[float]] = {m: [] for m in METHODS}
-            for m in METHODS:  # warm-up
-                run(component, m, case)
-            for _ in range(repeats):
-                for m in METHODS:
-                    t0 = time.perf_counter()
-                    run(component, m, case)
-                    times[m].append(time.perf_counter() - t0)
+            times = interleaved_medians(METHODS, lambda m, c=case, k=component: run(k, m, c), repeats)
             del case
-            mem = {}
+            mem = subprocess_peaks(os.path.abspath(__file__), METHODS, lambda m, k=component, b=B: (k, m, str(b)),
+                                   args.threads)
+            base = times["official"]
             for m in METHODS:
-                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-                                      "--worker", component, m, str(B)], capture_output=True, text=True, check=True)
-                mem[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
-            base = statistics.median(times["official"])
-            for m in METHODS:
-                t = statistics.median(times[m])
+                t = times[m]
                 print(f"| {component} | {B} | {m} | {1000 * t:.2f} | {base / t:.1f}× | {mem[m]:.1f} |")
 
 
