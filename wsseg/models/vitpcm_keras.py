@@ -224,7 +224,7 @@ def load_vitpcm_keras_weights(module: nn.Module, keras_arrays: Mapping[str, obje
     Example:
         >>> pc = load_vitpcm_keras_weights(wsseg.layers.PatchClassifier(in_dim=8, num_classes=3),
         ...                                {"patch_classifier/classifier/kernel:0": np.ones((8, 3))})
-        >>> float(pc.weight.sum())
+        >>> float(pc.weight.detach().sum())
         24.0
 
     Source:
