@@ -216,3 +216,24 @@ def test_torchvision_mobilenet_v2_weights_load_into_the_slrnet_backbone():
     tv = torch.load(path, map_location="cpu", weights_only=True)
     assert torch.equal(net.backbone.model.conv_stem.weight, tv["features.0.0.weight"])
     assert torch.equal(net.backbone.model.conv_head.weight, tv["features.18.0.weight"])
+
+
+def test_timm_cnn_backbone_errors_and_vit_cnn_routing():
+    from wsseg.backbones import TimmCNNBackbone, TimmViTBackbone
+
+    for bad in ((1, 1), (-1, 1), (99,), (), (True,)):
+        with pytest.raises(ValueError, match="out_indices"):
+            TimmCNNBackbone("test_efficientnet", out_indices=bad)
+    net = TimmCNNBackbone("test_efficientnet")
+    with pytest.raises(ValueError, match="3 channels"):
+        net(torch.zeros(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="x"):
+        net(torch.zeros(3, 32, 32))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        TimmCNNBackbone("test_efficientnet", weights="missing.pth")
+    assert "test_efficientnet" in repr(net)
+    # EfficientNet has `.blocks` too: the ViT rule is structural (patch_embed + blocks), not the name
+    assert isinstance(create_model("slrnet", backbone="test_vit", num_classes=3, feature_dim=8).backbone,
+                      TimmViTBackbone)
+    with pytest.raises(ValueError, match="not a ViT-style"):
+        create_model("tscd", backbone="test_efficientnet", num_classes=3)

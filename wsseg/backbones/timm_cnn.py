@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from os import PathLike
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..utils.validation import check_tensor
 from .base import BackboneOutput
+from .weights import read_state_dict
 
 __all__ = ["TimmCNNBackbone", "load_weights_by_order"]
 
@@ -24,25 +24,25 @@ def load_weights_by_order(model: nn.Module, path: str | PathLike) -> None:
     to the model's dtype.
 
     Raises:
+        FileNotFoundError: if ``path`` does not exist (:func:`~wsseg.backbones.read_state_dict`).
         ValueError: naming the file, if the checkpoint has fewer tensors than the model or a shape differs.
     """
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    sd = read_state_dict(path)
     own = model.state_dict()
-    if set(sd) >= set(own):
-        model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own}, strict=True)
-        return
-    src = list(sd.items())
-    if len(src) < len(own):
-        raise ValueError(f"weights: {path} has {len(src)} tensors, the model needs {len(own)} (not the same "
+    if set(sd) >= set(own):  # by name (extra checkpoint entries dropped)
+        pairs = [(name, sd[name], name) for name in own]
+    elif len(sd) < len(own):
+        raise ValueError(f"weights: {path} has {len(sd)} tensors, the model needs {len(own)} (not the same "
                          f"architecture?)")
+    else:  # by order
+        pairs = [(k, v, name) for (k, v), name in zip(sd.items(), own, strict=False)]
     mapped = {}
-    for (k, v), (name, p) in zip(src, own.items(), strict=False):
-        if tuple(v.shape) != tuple(p.shape):
-            raise ValueError(f"weights: {path}: tensor {k!r} {tuple(v.shape)} does not match {name!r} "
-                             f"{tuple(p.shape)} (by-order mapping)")
-        mapped[name] = v.to(p.dtype)
+    for key, value, name in pairs:
+        target = own[name]
+        if value.shape != target.shape:
+            raise ValueError(f"weights: {path}: tensor {key!r} {tuple(value.shape)} does not match {name!r} "
+                             f"{tuple(target.shape)}")
+        mapped[name] = value.to(target.dtype) if value.is_floating_point() else value
     model.load_state_dict(mapped, strict=True)
 
 

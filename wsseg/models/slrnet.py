@@ -277,14 +277,6 @@ class SLRNet(nn.Module):
 
 
 # ---------------------------------------------------------------------- builders
-_VIT_PREFIXES = ("vit_", "test_vit", "deit", "eva", "beit")
-
-
-def _is_timm_vit(name: str) -> bool:
-    """Whether timm's ``name`` is a Vision Transformer (by its family prefix); other timm models are CNNs here."""
-    return name.startswith(_VIT_PREFIXES)
-
-
 def _build_backbone(backbone: str, weights: str | os.PathLike | None, vit_skip_layer: int | None,
                     **backbone_kwargs: Any) -> nn.Module:
     if not isinstance(backbone, str):
@@ -303,15 +295,14 @@ def _build_backbone(backbone: str, weights: str | os.PathLike | None, vit_skip_l
         raise ValueError(f"backbone: expected 'resnet38d', 'resnet38d_w<divisor>' or a timm model name, "
                          f"got {backbone!r}")
     from ..backbones import TimmCNNBackbone, TimmViTBackbone
+    from .tscd import _timm_vit_depth
 
-    if not _is_timm_vit(backbone):
+    depth = _timm_vit_depth(backbone)
+    if depth is None:
         if vit_skip_layer is not None:
             raise ValueError(f"vit_skip_layer: only for ViT backbones, got {vit_skip_layer!r} with {backbone!r}")
         # a CNN: the stride-4 stage as the shallow map (WR38's conv3 role), the last stage as the deep map
         return TimmCNNBackbone(backbone, weights=weights, out_indices=(1, -1), **backbone_kwargs)
-    from .tscd import _vit_depth
-
-    depth = _vit_depth(backbone)
     skip = max(0, round(depth / 4) - 1) if vit_skip_layer is None else vit_skip_layer
     if isinstance(skip, bool) or not isinstance(skip, int) or not -depth <= skip < depth - 1:
         raise ValueError(f"vit_skip_layer: expected a block index in [{-depth}, {depth - 1}) for a {depth}-block "

@@ -228,15 +228,27 @@ class TSCDNet(nn.Module):
 
 
 # ---------------------------------------------------------------------- builders
-def _vit_depth(model_name: str) -> int:
+def _timm_vit_depth(model_name: str) -> int | None:
+    """Number of blocks of a ViT-style timm model (one with ``patch_embed`` and ``blocks``), else None.
+
+    Built on the meta device (no memory, no weights). CNNs such as EfficientNet also have ``blocks``, hence
+    the ``patch_embed`` condition.
+    """
     import timm
 
     with torch.device("meta"):
         m = timm.create_model(model_name, pretrained=False)
     blocks = getattr(m, "blocks", None)
-    if blocks is None:
-        raise ValueError(f"backbone: {model_name!r} is not a ViT-style timm model (no .blocks)")
+    if blocks is None or not hasattr(m, "patch_embed"):
+        return None
     return len(blocks)
+
+
+def _vit_depth(model_name: str) -> int:
+    depth = _timm_vit_depth(model_name)
+    if depth is None:
+        raise ValueError(f"backbone: {model_name!r} is not a ViT-style timm model (no .patch_embed / .blocks)")
+    return depth
 
 
 def _build_backbone(backbone: str, *, weights: str | os.PathLike | None, strides: Sequence[int] | None,
