@@ -291,3 +291,37 @@ def test_scores_lie_between_column_min_and_max():
     for mode, kw in [("fixed", dict(k=7)), ("ratio_to_max", dict(rho=0.1)), ("ratio_consecutive", dict(rho=0.3))]:
         s = adaptive_k_pooling(probs, k_mode=mode, **kw)
         assert (s <= probs.amax(dim=1)).all() and (s >= probs.amin(dim=1)).all()
+
+
+@pytest.mark.parametrize("k_mode", ["ratio_to_max", "ratio_consecutive"])
+def test_ratio_modes_reject_negative_scores(k_mode):
+    logits = torch.tensor([[[2.0, -1.0], [0.5, -3.0]]])            # (B=1, N=2, C=2) raw logits
+    with pytest.raises(ValueError, match=rf"probs: k_mode='{k_mode}' .*non-negative.*minimum of -3"):
+        adaptive_k_pooling(logits, k_mode=k_mode, rho=0.5)
+
+
+def test_output_is_in_the_range_of_the_inputs():
+    # max / fixed accept logits: the output is a mean of inputs (hand values), not clipped to [0, 1]
+    logits = torch.tensor([[[4.0, -1.0], [2.0, -3.0], [0.0, -2.0]]])
+    assert adaptive_k_pooling(logits).tolist() == [[4.0, -1.0]]
+    assert adaptive_k_pooling(logits, k_mode="fixed", k=2).tolist() == [[3.0, -1.5]]
+    # non-negative unbounded scores (a ReLU'd CAM) are accepted by the ratio rule, output in their range
+    relu = logits.clamp_min(0)                                       # class 0: 4, 2, 0 -> >= 0.5*4: {4, 2}
+    assert adaptive_k_pooling(relu, k_mode="ratio_to_max", rho=0.5).tolist() == [[3.0, 0.0]]
+
+
+def test_sigmoid_multilabel_cam():
+    # K = 2 classes, no background channel: pool the sigmoid, scores in [0, 1], BCE on (B, K) labels
+    cam_logits = torch.tensor([[[[0.0, 2.0], [-2.0, 0.0]], [[-4.0, -4.0], [-4.0, -4.0]]]], requires_grad=True)
+    probs = torch.sigmoid(cam_logits)
+    scores = AdaptiveKPooling("fixed", k=2)(probs)
+    s = torch.sigmoid(torch.tensor([2.0, 0.0, -4.0]))
+    assert torch.allclose(scores, torch.stack([(s[0] + s[1]) / 2, s[2]])[None])
+    loss = torch.nn.functional.binary_cross_entropy(scores, torch.tensor([[1.0, 0.0]]))
+    loss.backward()
+    assert cam_logits.grad is not None
+    # in max mode, pooling the logits + BCE-with-logits equals pooling the sigmoid + BCE
+    y = torch.tensor([[1.0, 0.0]])
+    a = torch.nn.functional.binary_cross_entropy(AdaptiveKPooling()(probs), y)
+    b = torch.nn.functional.binary_cross_entropy_with_logits(AdaptiveKPooling()(cam_logits), y)
+    assert torch.allclose(a, b)

@@ -150,8 +150,12 @@ def test_ignore_index_and_same_resolution():
     cpl2[cpl2 == 255] = -1
     torch.testing.assert_close(cam_contrastive_separation(cam, cpl2, labels, margin=0.1, ignore_index=-1),
                                cam_contrastive_separation(cam, cpl, labels, margin=0.1))
-    # ignore_index inside the label range: those pixels leave every region
-    out = cam_contrastive_separation(cam, cpl, labels, margin=0.1, ignore_index=0, reduction="none")
+    # ignore_index inside the label range: those pixels leave every region (255 is then an invalid class
+    # value, rejected by the input policy, so it is relabelled 0 = ignored here)
+    with pytest.raises(ValueError, match=r"cpl: expected class indices in \[0, 5\).*ignore_index=0, got values \[255\]"):
+        cam_contrastive_separation(cam, cpl, labels, margin=0.1, ignore_index=0)
+    out = cam_contrastive_separation(cam, torch.where(cpl == 255, 0, cpl), labels, margin=0.1, ignore_index=0,
+                                     reduction="none")
     ref, _ = _reference(cam, torch.where(cpl == 0, 255, cpl), labels, 0.1)
     torch.testing.assert_close(out, ref)
 

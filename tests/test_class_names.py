@@ -24,9 +24,32 @@ def test_foreground_only_file(tmp_path):
     assert read_class_names(path, background=False) == ("shirt", "pants", "shoes")
 
 
-def test_blank_lines_and_whitespace(tmp_path):
-    path = _write(tmp_path, "\n  background \n\nshirt\r\n\n  dining table  \n\n")
+def test_whitespace_and_trailing_blank_lines(tmp_path):
+    path = _write(tmp_path, "  background \nshirt\r\n  dining table  \n\n  \n")
     assert read_class_names(path) == ("shirt", "dining table")
+
+
+@pytest.mark.parametrize("text, line", [
+    ("background\nshirt\n\npants\nshoes\n", 3),          # a blank line in the middle
+    ("\nbackground\nshirt\n", 1),                          # a leading blank line
+    ("background\nshirt\n   \npants\n", 3),                # whitespace-only counts as blank
+])
+def test_blank_line_before_a_name_is_an_error(tmp_path, text, line):
+    path = _write(tmp_path, text, "holes.txt")
+    with pytest.raises(ValueError, match=rf"holes.txt: line {line} is blank but names follow"):
+        read_class_names(path)
+
+
+def test_blank_line_in_a_53_class_file_does_not_lose_a_class(tmp_path):
+    # the report of issue 16: a blank line inside a 53-class list gave K = 52 with 'cardigan' lost
+    names = [f"class{i}" for i in range(53)]
+    names[10] = "cardigan"
+    path = _write(tmp_path, "\n".join(names[:10] + [""] + names[10:]) + "\n", "ccp.txt")
+    with pytest.raises(ValueError, match="ccp.txt: line 11 is blank"):
+        read_class_names(path, background=False)
+    path.write_text("\n".join(names) + "\n")
+    out = read_class_names(path, background=False)
+    assert len(out) == 53 and out[10] == "cardigan"
 
 
 def test_voc_file_with_background(tmp_path):
@@ -51,7 +74,7 @@ def test_empty_file(tmp_path, text):
 
 def test_repeated_name(tmp_path):
     path = _write(tmp_path, "background\nshirt\npants\nshirt\n", "dup.txt")
-    with pytest.raises(ValueError, match="dup.txt.*'shirt' repeats"):
+    with pytest.raises(ValueError, match="dup.txt.*'shirt' repeats \\(lines 2 and 4\\)"):
         read_class_names(path)
 
 

@@ -238,6 +238,26 @@ def test_malformed_annotations_name_the_file(tiny_coco, tmp_path, change, match)
         COCOSegmentation(tiny_coco, image_dir="images", ann_file=path)
 
 
+def test_annotations_without_image_warn_with_a_count(tiny_coco, tmp_path):
+    data = json.loads((tiny_coco / "annotations/inst.json").read_text())
+    extra = [dict(data["annotations"][0], id=900 + i, image_id=77 + (i % 2)) for i in range(3)]
+    data["annotations"] += extra
+    path = tmp_path / "orphans.json"
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=r"orphans.json: 3 annotation\(s\) refer to 2 image_id\(s\) that have "
+                                         r"no entry in 'images' \(e.g. \['77', '78'\]\)"):
+        ds = COCOSegmentation(tiny_coco, image_dir="images", ann_file=path)
+    assert ds.num_orphan_annotations == 3 and len(ds) == len(SIZES)
+    ref = _make(tiny_coco)                                   # the other samples are unchanged
+    np.testing.assert_array_equal(ds.labels, ref.labels)
+
+
+def test_no_warning_without_orphans(tiny_coco, recwarn):
+    ds = _make(tiny_coco)
+    assert ds.num_orphan_annotations == 0
+    assert not [w for w in recwarn if "image_id" in str(w.message)]
+
+
 def test_missing_pycocotools_is_actionable(tiny_coco, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools.coco", None)  # makes `import pycocotools.coco` fail
     with pytest.raises(ImportError, match=r"pip install 'wsseg\[coco\]'.*pycocotools"):

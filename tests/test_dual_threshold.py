@@ -242,3 +242,36 @@ def test_validation_errors():
         DualThresholdPseudoLabel(refiner="par")
     with pytest.raises(ValueError, match="image"):
         varm_pseudo_label(cam, labels, None)
+
+
+def test_cam_with_background_channel_is_blamed_on_the_cam():
+    cam = torch.rand(2, 4, 8, 8)                       # K + 1 = 4 channels, labels have K = 3
+    labels = torch.ones(2, 3)
+    with pytest.raises(ValueError, match=r"cam: has 4 channels but labels has 3 classes.*background channel.*"
+                                         r"cam\[:, 1:\]"):
+        dual_threshold_pseudo_label(cam, labels)
+    with pytest.raises(ValueError, match=r"cam: has 5 channels but labels has 3 classes") as err:
+        dual_threshold_pseudo_label(torch.rand(2, 5, 8, 8), labels)
+    assert "background channel" not in str(err.value)
+
+
+@pytest.mark.parametrize("scale, fill", [(30.0, None), (1.0, float("nan")), (-1.0, None)])
+def test_unnormalised_or_nan_cam_is_rejected(scale, fill):
+    cam = torch.rand(1, 3, 8, 8) * scale
+    if fill is not None:
+        cam[0, 0, 0, 0] = fill
+    with pytest.raises(ValueError, match=r"cam: expected (finite )?values in \[0, 1\].*normalised CAM"):
+        dual_threshold_pseudo_label(cam, torch.ones(1, 3))
+
+
+def test_normalised_cam_within_tolerance_is_accepted():
+    cam = torch.tensor([[[[1.005, 0.9], [0.45, 0.1]], [[0.2, 0.2], [0.3, 0.8]]]])
+    out = dual_threshold_pseudo_label(cam, torch.tensor([[1.0, 0.0]]), down_scale=1)
+    assert out[0].tolist() == [[1, 1], [255, 0]]       # hand-computed: > 0.55 -> class, < 0.35 -> bg
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 2.0, -1.0])
+def test_bad_labels_values(bad):
+    labels = torch.tensor([[1.0, bad]])
+    with pytest.raises(ValueError, match=r"labels: expected image-level labels in \{0, 1\}"):
+        dual_threshold_pseudo_label(torch.rand(1, 2, 4, 4), labels)

@@ -560,3 +560,27 @@ def test_module_dtype_conversion():
     search = ThresholdSearch(queue_ratio=1, stat_size=8, queue_init="empty", ema_decay=0.0).double()
     a, b = ref(cam), search(cam)
     assert search.queue.dtype == torch.float64 and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("fill, match", [(float("nan"), "16 NaN"), (3.0, r"got values in \[.*, 3\]"),
+                                         (-0.5, r"got values in \[-0.5, ")])
+def test_nan_or_unnormalised_cam_never_enters_the_queue(fill, match):
+    search = ThresholdSearch(queue_ratio=2, stat_size=4, queue_init="empty", sort_components=True)
+    cam = torch.rand(2, 3, 8, 8) * 0.9
+    search(cam)
+    queue, low, high = search.queue.clone(), search.low.clone(), search.high.clone()
+    bad = cam.clone()
+    bad[1] = fill                                     # one whole image: it would be queued
+    with pytest.raises(ValueError, match=rf"cam: expected .*{match}"):
+        search(bad)
+    assert torch.equal(search.queue, queue) and int(search.step) == 1           # nothing stored
+    assert torch.equal(search.low, low) and torch.equal(search.high, high)
+    search.eval()
+    assert torch.equal(search(bad)[0], low)          # eval mode stores nothing and does not check
+
+
+def test_returns_float64_tensors_convertible_to_float():
+    search = ThresholdSearch(init_low=0.25, init_high=0.7, queue_ratio=2, stat_size=4)
+    low, high = search.eval()(torch.rand(1, 3, 8, 8))
+    assert isinstance(low, torch.Tensor) and low.dtype == torch.float64 and low.shape == ()
+    assert (float(low), float(high)) == (0.25, 0.7)

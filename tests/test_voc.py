@@ -108,6 +108,28 @@ def test_load_cls_labels_validation(tmp_path):
         load_cls_labels(tmp_path / "arr.npy", 20)
 
 
+@pytest.mark.parametrize("cut", [0, 10, 0.5])
+def test_truncated_cls_labels_names_the_file(tmp_path, cut):
+    path = tmp_path / "cls_labels.npy"
+    np.save(path, {n: np.eye(20)[i] for i, n in enumerate(NAMES)}, allow_pickle=True)
+    data = path.read_bytes()
+    bad = tmp_path / "truncated.npy"
+    bad.write_bytes(data[: int(len(data) * cut) if isinstance(cut, float) else cut])
+    with pytest.raises(ValueError, match=r"cls_labels file .*truncated.npy: cannot load a pickled dict"):
+        load_cls_labels(bad, 20)
+
+
+def test_directory_as_cls_labels_names_it(voc_root, tmp_path):
+    folder = tmp_path / "labels_dir"
+    folder.mkdir()
+    np.save(folder / "cls_labels.npy", {n: np.zeros(20) for n in NAMES}, allow_pickle=True)
+    with pytest.raises(ValueError, match=r"cls_labels: .*labels_dir is a directory; expected the .npy file.*"
+                                         r"cls_labels.npy"):
+        load_cls_labels(folder, 20)
+    with pytest.raises(ValueError, match="labels_dir is a directory"):
+        VOCSegmentation(voc_root, cls_labels=folder)
+
+
 def test_no_masks_requires_labels(voc_root):
     with pytest.raises(ValueError, match="cls_labels"):
         VOCSegmentation(voc_root, mask_dir=None)

@@ -5,6 +5,7 @@ from .base import SegmentationDataset
 from .class_names import COCO_CLASSES, COCO_TO_VOC, VOC_CLASSES, read_class_names
 from .coco import COCOSegmentation
 from .color_jitter import ColorJitter, color_jitter
+from .dataset_check import DataProblem, check_coco, check_dataset, check_voc
 from .random_resized_crop import RandomResizedCrop
 from .synthetic import SyntheticShapes
 from .transforms import eval_transform, slrnet_train_transform, train_transform
@@ -16,6 +17,7 @@ __all__: list[str] = [
     "COCOSegmentation",
     "COCO_CLASSES",
     "COCO_TO_VOC",
+    "DataProblem",
     "ColorJitter",
     "RandomResizedCrop",
     "SegmentationDataset",
@@ -26,6 +28,9 @@ __all__: list[str] = [
     "ViTPCMViewParams",
     "vitpcm_color_jitter",
     "WeakStrongTransform",
+    "check_coco",
+    "check_dataset",
+    "check_voc",
     "color_jitter",
     "eval_transform",
     "load_cls_labels",

@@ -78,7 +78,7 @@ BACKGROUND_NAMES: frozenset[str] = frozenset({"background", "_background_", "__b
 
 
 def read_class_names(path: str | os.PathLike, *, background: bool = True) -> tuple[str, ...]:
-    """Read a class-list text file (one name per line, blank lines ignored) into the K foreground names.
+    """Read a class-list text file (one name per line) into the K foreground names.
 
     With ``background=True`` (the VOC convention ``background, aeroplane, bicycle, ...``) line 0 is
     the background entry (value 0 of the masks) and is dropped, so line ``i`` is mask value ``i``.
@@ -86,6 +86,9 @@ def read_class_names(path: str | os.PathLike, *, background: bool = True) -> tup
     value ``i + 1``. Either way the result is the ``class_names`` of
     :class:`~wsseg.data.VOCSegmentation`: entry ``k`` is label index ``k`` and mask value ``k + 1``.
     Names are stripped of surrounding whitespace; inner spaces are kept (``"dining table"``).
+    Blank (or whitespace-only) lines are accepted only at the **end** of the file (a trailing newline);
+    a blank line before a name is an error, because the line number is the mask value: skipping it would
+    shift every later class by one, and dropping it would silently lose a class.
 
     Args:
         path: the text file.
@@ -97,7 +100,8 @@ def read_class_names(path: str | os.PathLike, *, background: bool = True) -> tup
 
     Raises:
         FileNotFoundError: if ``path`` does not exist (named).
-        ValueError: naming the file, if it holds no name (or only the background line), a name repeats,
+        ValueError: naming the file, if it holds no name (or only the background line), a blank line
+            comes before a name (the line number is given), a name repeats,
             ``background=True`` but the first line is not a background entry, or ``background=False``
             but the first line is one.
 
@@ -105,9 +109,14 @@ def read_class_names(path: str | os.PathLike, *, background: bool = True) -> tup
         >>> import tempfile
         >>> from pathlib import Path
         >>> path = Path(tempfile.mkdtemp()) / "classes.txt"
-        >>> _ = path.write_text("background\\nshirt\\n\\nshoes\\n")
+        >>> _ = path.write_text("background\\nshirt\\nshoes\\n\\n")   # trailing blank lines are fine
         >>> read_class_names(path)
         ('shirt', 'shoes')
+        >>> _ = path.write_text("background\\nshirt\\n\\nshoes\\n")
+        >>> read_class_names(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: class-names file .../classes.txt: line 3 is blank but names follow it (...
         >>> _ = path.write_text("shirt\\nshoes\\n")
         >>> read_class_names(path, background=False)   # shirt = mask value 1, shoes = 2
         ('shirt', 'shoes')
@@ -124,14 +133,19 @@ def read_class_names(path: str | os.PathLike, *, background: bool = True) -> tup
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as err:
         raise ValueError(f"class-names file {path}: not a UTF-8 text file ({err})") from err
-    names = [n for n in names if n]
+    while names and not names[-1]:  # trailing blank lines (a final newline) are fine
+        names.pop()
     if not names:
         raise ValueError(f"class-names file {path} is empty (expected one class name per line)")
+    blank = [i + 1 for i, n in enumerate(names) if not n]
+    if blank:
+        raise ValueError(f"class-names file {path}: line {blank[0]} is blank but names follow it (the line "
+                         "number is the mask value, so a blank line would shift every later class); remove "
+                         f"the blank line(s) {blank[:5]} (blank lines are allowed only at the end of the file)")
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
-            raise ValueError(f"class-names file {path}: name {name!r} repeats (entries {seen[name]} and {i}, "
-                             "blank lines not counted)")
+            raise ValueError(f"class-names file {path}: name {name!r} repeats (lines {seen[name] + 1} and {i + 1})")
         seen[name] = i
     first_is_bg = names[0].lower() in BACKGROUND_NAMES
     if background and not first_is_bg:

@@ -95,6 +95,10 @@ class COCOSegmentation(SegmentationDataset):
     Shape:
         - sample ``image``: :math:`(3, H, W)`; ``mask``, ``valid``: :math:`(H, W)`; ``label``: :math:`(K,)`.
 
+    Warns:
+        UserWarning: naming the JSON and giving the count, when annotations refer to an ``image_id`` that
+            has no entry in ``images`` (they are ignored; the count is ``num_orphan_annotations``).
+
     Raises:
         ImportError: if pycocotools is not installed.
         TypeError: if ``split`` is not a string.
@@ -170,6 +174,14 @@ class COCOSegmentation(SegmentationDataset):
                 raise ValueError(f"ann_file: {ann_path} has no {key!r} list (expected a COCO instances JSON)")
         self.classes = classes
         self.crowd = crowd
+        # annotations whose image_id is not among the JSON's images belong to no sample: say so
+        orphans = [a for a in data["annotations"] if a.get("image_id") not in self.coco.imgs]
+        #: Number of annotations dropped because their ``image_id`` has no entry in ``images``.
+        self.num_orphan_annotations = len(orphans)
+        if orphans:
+            ids = sorted({str(a.get("image_id")) for a in orphans})
+            warnings.warn(f"ann_file: {ann_path}: {len(orphans)} annotation(s) refer to {len(ids)} image_id(s) "
+                          f"that have no entry in 'images' (e.g. {ids[:3]}); they are ignored", stacklevel=2)
 
         cats = sorted(data["categories"], key=lambda c: c["id"])
         if classes == "all":

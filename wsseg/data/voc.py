@@ -84,8 +84,9 @@ def load_cls_labels(source: str | os.PathLike | Mapping[Any, Any], num_classes: 
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if the file does not hold a dict or a vector does not have K entries in {0, 1}
-            (the message names the file when ``source`` is a path).
+        ValueError: naming the path, if it is a directory, the file is truncated or not a ``.npy`` pickle,
+            it does not hold a dict, or a vector does not have K entries in {0, 1} (the message names the
+            file when ``source`` is a path).
 
     Example:
         >>> import numpy as np
@@ -97,18 +98,8 @@ def load_cls_labels(source: str | os.PathLike | Mapping[Any, Any], num_classes: 
     if isinstance(source, Mapping):
         raw: Any = source
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"cls_labels file not found: {path}")
-        try:
-            raw = np.load(path, allow_pickle=True)
-            raw = raw.item() if isinstance(raw, np.ndarray) and raw.dtype == object and raw.ndim == 0 else raw
-        except (OSError, ValueError, EOFError) as err:
-            raise ValueError(f"cls_labels file {path}: cannot load a pickled dict ({err})") from err
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"cls_labels file {path}: expected a pickled dict name -> (K,) vector, "
-                             f"got {type(raw).__name__}")
-        where = f"cls_labels file {path}: entry"
+        raw = _read_cls_labels_file(source)
+        where = f"cls_labels file {Path(source)}: entry"
     out: dict[str, np.ndarray] = {}
     for key, value in raw.items():
         vec = np.asarray(value, dtype=np.float32).reshape(-1)
@@ -118,6 +109,28 @@ def load_cls_labels(source: str | os.PathLike | Mapping[Any, Any], num_classes: 
                              f"{np.unique(vec)[:5].tolist()}")
         out[_canonical_voc_name(key)] = vec
     return out
+
+
+def _read_cls_labels_file(source: str | os.PathLike) -> Mapping[Any, Any]:
+    """The raw pickled dict of a ``cls_labels.npy`` file (errors name the path; entries not checked)."""
+    path = Path(source)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.npy"))[:3]
+        hint = f" (it holds {inside})" if inside else ""
+        raise ValueError(f"cls_labels: {path} is a directory; expected the .npy file of the image-label "
+                         f"dict, e.g. {path / 'cls_labels.npy'}{hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"cls_labels file not found: {path}")
+    try:
+        raw = np.load(path, allow_pickle=True)
+        raw = raw.item() if isinstance(raw, np.ndarray) and raw.dtype == object and raw.ndim == 0 else raw
+    except Exception as err:  # truncated/corrupt: UnpicklingError, EOFError, ValueError, OSError, ...
+        raise ValueError(f"cls_labels file {path}: cannot load a pickled dict (truncated or not a .npy "
+                         f"file? {type(err).__name__}: {err})") from err
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"cls_labels file {path}: expected a pickled dict name -> (K,) vector, "
+                         f"got {type(raw).__name__}")
+    return raw
 
 
 def _read_list(path: Path) -> list[str]:

@@ -125,13 +125,21 @@ def adaptive_k_pooling(probs: Tensor, *, k_mode: str = "max", k: int | None = No
     ``"ratio_to_max"`` (its unclipped columns select every patch at or above the threshold, ties
     included); ``"max"`` mode has no such ambiguity (see above).
 
-    The ratio rules assume non-negative scores (probabilities); the range is not checked (that would
-    synchronise with the device). Half-precision inputs (``float16``, ``bfloat16``, e.g. under
+    Input scores and output range: the output is the mean of some of the input scores, so it lies in the
+    range of the inputs: :math:`[0, 1]` for probabilities (a per-patch softmax with a background channel
+    as in ViT-PCM, or a per-class **sigmoid** of a multi-label CAM without background channel, see the
+    example of :class:`AdaptiveKPooling`). ``"max"`` and ``"fixed"`` accept any real scores (e.g. logits:
+    then the output is a logit, not in [0, 1]). The ratio rules compare scores with :math:`\rho` times a
+    maximum, which is meaningful only for non-negative scores: they raise a ValueError on a negative input
+    (one ``amin``, one device synchronisation); non-negative unbounded scores (a ReLU'd CAM) are accepted and
+    give outputs in their own range. Half-precision inputs (``float16``, ``bfloat16``, e.g. under
     autocast) are evaluated in and returned as ``float32``.
 
     Args:
         probs: patch class probabilities, :math:`(B, N, C)` (tokens, the official channels-last layout)
-            or :math:`(B, C, h, w)` (a grid, channels first; :math:`N = hw`), values in :math:`[0, 1]`.
+            or :math:`(B, C, h, w)` (a grid, channels first; :math:`N = hw`), values in :math:`[0, 1]`:
+            ViT-PCM's per-patch softmax over :math:`K+1` channels (background included), or the per-class
+            sigmoid of a multi-label CAM over :math:`K` channels. Must be non-negative in the ratio modes.
         k_mode: ``"max"``, ``"fixed"``, ``"ratio_to_max"`` or ``"ratio_consecutive"``.
         k: the number of patches for ``"fixed"`` (required there, an integer in :math:`[1, N]`); must be
             ``None`` otherwise.
@@ -144,8 +152,8 @@ def adaptive_k_pooling(probs: Tensor, *, k_mode: str = "max", k: int | None = No
         return_k: also return :math:`K` and the selection mask (:class:`AdaptiveKOutput`).
 
     Returns:
-        The scores :math:`(B, C)` in :math:`[0, 1]`, or ``AdaptiveKOutput(scores, k, mask)`` with
-        ``return_k=True``.
+        The scores :math:`(B, C)`, in the range of the inputs (:math:`[0, 1]` for probabilities), or
+        ``AdaptiveKOutput(scores, k, mask)`` with ``return_k=True``.
 
     Shape:
         - probs: :math:`(B, N, C)` or :math:`(B, C, h, w)`.
@@ -156,7 +164,8 @@ def adaptive_k_pooling(probs: Tensor, *, k_mode: str = "max", k: int | None = No
         ValueError: if ``probs`` is not 3-D or 4-D or has no patch; on an unknown ``k_mode``; if a required
             hyperparameter is missing (``k`` for ``"fixed"``, ``rho`` for the adaptive modes) or one is
             given to a mode that does not use it; if ``k`` is not in :math:`[1, N]`, ``rho`` not in
-            :math:`(0, 1]`, ``k_min`` < 1, ``k_max`` < ``k_min`` or ``k_min``/``k_max`` > :math:`N`.
+            :math:`(0, 1]`, ``k_min`` < 1, ``k_max`` < ``k_min`` or ``k_min``/``k_max`` > :math:`N`; in the
+            ratio modes, if ``probs`` has a negative value (e.g. raw logits).
 
     Example:
         >>> probs = torch.tensor([[[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.1, 0.9]]])  # (B=1, N=4, C=2)
@@ -215,6 +224,12 @@ def adaptive_k_pooling(probs: Tensor, *, k_mode: str = "max", k: int | None = No
     kmax = n if k_max is None else k_max
     if k_min > n or kmax > n:
         raise ValueError(f"k_min, k_max: expected values <= N = {n}, got k_min={k_min}, k_max={k_max}")
+    lowest = float(x.detach().amin())                          # one read-back (the ratio rules need it)
+    if not lowest >= 0:
+        raise ValueError(f"probs: k_mode={k_mode!r} compares scores with rho times their maximum and needs "
+                         f"non-negative scores (probabilities: softmax, or sigmoid for a multi-label CAM), got a "
+                         f"minimum of {lowest:.4g}; apply the softmax/sigmoid first, or use k_mode='max'/'fixed' "
+                         "on logits")
     if k_mode == "ratio_to_max":
         return _ratio_to_max(x, rho, k_min, kmax, return_k, to_input_layout)  # type: ignore[arg-type]
     values, index = x.topk(kmax, dim=-1)                       # (B, C, K_max), sorted descending
@@ -286,6 +301,16 @@ class AdaptiveKPooling(nn.Module):
         ValueError: on invalid hyperparameters (at construction) or inputs (at call); see
             :func:`adaptive_k_pooling`.
 
+    Two uses:
+
+    * **ViT-PCM / APC** (softmax with a background channel): ``probs`` is the per-patch softmax over
+      :math:`K+1` channels; the pooled scores are fitted with ViT-PCM's loss on the :math:`K+1` entries.
+    * **A sigmoid multi-label CAM** (a CNN/ViT CAM head without background, :math:`K` channels): pool
+      ``torch.sigmoid(cam_logits)`` and train with :func:`torch.nn.functional.binary_cross_entropy` on the
+      :math:`(B, K)` image labels. The scores are probabilities in [0, 1]. With ``k_mode="max"`` pooling the
+      logits and using ``binary_cross_entropy_with_logits`` gives the same loss (the sigmoid is monotone) and
+      is numerically safer; the top-K means do not commute with the sigmoid, so pool the probabilities there.
+
     Example:
         >>> pool = AdaptiveKPooling("ratio_to_max", rho=0.5, k_max=16)
         >>> probs = torch.rand(2, 21, 24, 24).softmax(dim=1)     # (B, C, G, G) per-patch softmax
@@ -293,6 +318,20 @@ class AdaptiveKPooling(nn.Module):
         torch.Size([2, 21])
         >>> torch.equal(AdaptiveKPooling()(probs), probs.amax(dim=(2, 3)))
         True
+
+        Sigmoid multi-label CAM, :math:`K = 3` classes, no background channel:
+
+        >>> import torch.nn.functional as F
+        >>> cam_logits = torch.randn(2, 3, 14, 14, requires_grad=True)   # (B, K, h, w) from your CAM head
+        >>> labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+        >>> scores = AdaptiveKPooling("fixed", k=4)(torch.sigmoid(cam_logits))   # (B, K) in [0, 1]
+        >>> loss = F.binary_cross_entropy(scores, labels)
+        >>> loss.backward(); bool(0 <= scores.min() and scores.max() <= 1)
+        True
+        >>> AdaptiveKPooling("ratio_to_max", rho=0.5)(cam_logits)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: probs: k_mode='ratio_to_max' compares scores with rho times their maximum and needs non-negative ...
 
     Source:
         ViT-PCM, Rossetti et al. ECCV 2022; github.com/deepplants/ViT-PCM, model.py (``GlobalMaxPooling2D``).

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils.validation import check_reduction, check_shape, check_tensor
+from ..utils.validation import check_class_target, check_reduction, check_shape, check_tensor, empty_loss
 
 __all__ = ["BalancedSegmentationLoss", "balanced_segmentation_loss"]
 
@@ -22,7 +22,10 @@ def balanced_segmentation_loss(
     ignore_index: int = 255,
     reduction: str = "mean",
 ) -> Tensor:
-    r"""Cross-entropy averaged separately over background and foreground pixels, then mixed.
+    r"""Cross-entropy averaged separately over background and foreground pixels, then mixed (unweighted).
+
+    **No loss weight is applied inside**: the caller multiplies by the method's weight (CoSA's 0.1 is applied
+    inside :class:`~wsseg.losses.SwappedAssignmentLoss` instead; see ``docs/conventions.rst``).
 
     The segmentation loss of AFA / TSCD / CoSA. The logits are bilinearly upsampled to the label size
     (when the sizes differ), the per-pixel cross-entropy :math:`\mathrm{CE}(p)` is computed, optionally
@@ -46,7 +49,7 @@ def balanced_segmentation_loss(
 
     Args:
         logits: raw segmentation logits, channel 0 = background.
-        target: (pseudo) label map with values in ``{0..C-1, ignore_index}``.
+        target: (pseudo) label map with values in ``{0..C-1, ignore_index}``, any integer dtype.
         weight: optional non-negative per-pixel weight at the label resolution (``None`` = 1).
         fg_alpha: :math:`\alpha`, weight of the foreground term (0.5 in all official code).
         eps: :math:`\varepsilon` added to both pixel counts.
@@ -58,18 +61,21 @@ def balanced_segmentation_loss(
             0 on ignored pixels.
 
     Returns:
-        A scalar for ``"mean"``/``"sum"``, a ``(B, H, W)`` map for ``"none"``.
+        A scalar for ``"mean"``/``"sum"``, a ``(B, H, W)`` map for ``"none"``. An empty batch (:math:`B = 0`)
+        gives 0 with a graph (``logits.sum() * 0``), or an empty :math:`(0, H, W)` map for ``"none"``. NaN in
+        ``logits`` propagates (the engine's non-finite check stops the run).
 
     Shape:
         - logits: :math:`(B, C, h, w)`, C = K+1.
-        - target: :math:`(B, H, W)` integer.
+        - target: :math:`(B, H, W)`, any integer dtype (converted to int64).
         - weight: :math:`(B, H, W)` floating point.
         - output: scalar, or :math:`(B, H, W)` for ``reduction="none"``.
 
     Raises:
         TypeError: if ``logits``/``weight`` are not floating point or ``target`` is not integer.
-        ValueError: on wrong ranks, a batch mismatch, a ``weight`` shape different from ``target``,
-            ``fg_alpha`` outside [0, 1], negative ``eps`` or an unknown ``reduction``.
+        ValueError: on wrong ranks, a batch mismatch, a ``weight`` shape different from ``target``, a
+            ``target`` value outside :math:`[0, C)` other than ``ignore_index`` (one reduction over the
+            map), ``fg_alpha`` outside [0, 1], negative ``eps`` or an unknown ``reduction``.
 
     Example:
         >>> import torch
@@ -98,7 +104,16 @@ def balanced_segmentation_loss(
     if eps < 0:
         raise ValueError(f"eps: expected a non-negative value, got {eps}")
     check_reduction(reduction)
+    target = check_class_target(target, "target", logits.shape[1], ignore_index)
+    if logits.shape[0] == 0:
+        return empty_loss(logits, reduction, tuple(target.shape))
 
+    return _balanced(logits, target, weight, fg_alpha, eps, align_corners, ignore_index, reduction)
+
+
+def _balanced(logits: Tensor, target: Tensor, weight: Tensor | None, fg_alpha: float, eps: float,
+              align_corners: bool, ignore_index: int, reduction: str) -> Tensor:
+    """The loss on checked inputs (``target`` int64, ``B > 0``)."""
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=align_corners)
     # The cross-entropy is a sensitive reduction: always evaluate it in (at least) float32.
@@ -119,7 +134,10 @@ def balanced_segmentation_loss(
 
 
 class BalancedSegmentationLoss(nn.Module):
-    r"""Module form of :func:`balanced_segmentation_loss`.
+    r"""Module form of :func:`balanced_segmentation_loss`; returns the **unweighted** loss (no weight inside).
+
+    Multiply by your method's weight yourself (TSCD/AFA: 1; the CoSA-style :math:`\lambda_{c2s} = 0.1` is
+    applied inside :class:`~wsseg.losses.SwappedAssignmentLoss`, not here; see ``docs/conventions.rst``).
 
     .. math::
 
@@ -140,7 +158,8 @@ class BalancedSegmentationLoss(nn.Module):
         - output: scalar, or :math:`(B, H, W)` for ``reduction="none"``.
 
     Raises:
-        ValueError: see :func:`balanced_segmentation_loss`.
+        ValueError: see :func:`balanced_segmentation_loss` (e.g. a target value :math:`\ge C` other than
+            ``ignore_index``).
 
     Example:
         >>> import torch

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.multi_scale_cam import minmax_normalize
-from ..utils.validation import check_labels, check_reduction, check_tensor
+from ..utils.validation import check_class_target, check_labels, check_reduction, check_tensor
 
 __all__ = ["CAMContrastiveSeparation", "cam_contrastive_separation"]
 
@@ -75,8 +75,9 @@ def cam_contrastive_separation(cam_logits: Tensor, cpl: Tensor, labels: Tensor, 
 
     Raises:
         TypeError: if ``cam_logits`` is not floating point or ``cpl`` is not an integer tensor.
-        ValueError: on wrong ranks, batch or class-count mismatches, a non-finite ``margin`` or an unknown
-            ``reduction``.
+        ValueError: on wrong ranks, batch or class-count mismatches, a ``cpl`` value outside
+            :math:`[0, K]` other than ``ignore_index``, labels that are not 0/1, a non-finite ``margin`` or an
+            unknown ``reduction``.
 
     Example:
         >>> cam = torch.tensor([[[[4.0, 0.0], [0.0, 0.0]]]])             # already separated: 1 at (0, 0)
@@ -97,6 +98,7 @@ def cam_contrastive_separation(cam_logits: Tensor, cpl: Tensor, labels: Tensor, 
     check_labels(labels, "labels", b, k)
     margin = _check_margin(margin)
     check_reduction(reduction)
+    cpl = check_class_target(cpl, "cpl", k + 1, ignore_index)   # values in {0..K, ignore}, any integer dtype
 
     cam = minmax_normalize(F.relu(cam_logits), eps=_EPS)  # (B, K, h, w), float32 at least
     if cpl.shape[-2:] != (h, w):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.permutohedral import PermutohedralLattice
-from ..utils.validation import check_reduction, check_same_spatial, check_shape, check_tensor
+from ..utils.validation import check_reduction, check_same_spatial, check_shape, check_tensor, empty_loss
 
 __all__ = ["DenseEnergyLoss", "dense_energy_loss"]
 
@@ -186,7 +186,9 @@ def dense_energy_loss(
             ``"sum"`` = their sum, ``"none"`` = the per-image energies :math:`(B,)`.
 
     Returns:
-        Scalar (``"mean"``/``"sum"``) or :math:`(B,)` tensor.
+        Scalar (``"mean"``/``"sum"``) or :math:`(B,)` tensor, **weighted inside** by ``weight`` (rloss's
+        internal weight, official 1e-7; the methods multiply by their ``w_reg`` on top). An empty batch
+        gives 0 with a graph (an empty :math:`(0,)` tensor for ``"none"``).
 
     Shape:
         - probs: :math:`(B, C, H, W)`, C = K+1.
@@ -231,6 +233,8 @@ def dense_energy_loss(
     check_tensor(pseudo_label, "pseudo_label", ndim=3, dims="(B, H, W)", dtype="int")
     check_shape(pseudo_label, "pseudo_label", (b, h, w), "(B, H, W) with B, H, W of probs")
     check_same_spatial(probs, "probs", image, "image")
+    if b == 0:  # empty batch: 0 with a graph (the lattice needs at least one image)
+        return empty_loss(probs, reduction, (0,))
 
     dtype = torch.promote_types(probs.dtype, torch.float32)
     with torch.autocast(device_type=probs.device.type, enabled=False):
@@ -274,7 +278,10 @@ def dense_energy_loss(
 
 
 class DenseEnergyLoss(nn.Module):
-    r"""Module form of :func:`dense_energy_loss` (the gated dense-CRF energy, negative).
+    r"""Module form of :func:`dense_energy_loss` (the gated dense-CRF energy, negative), weighted inside by ``weight``.
+
+    ``weight`` (official 1e-7, shown by ``repr``) is rloss's internal weight, applied inside as in the official
+    module; the methods' ``w_reg`` multiplies on top (``docs/conventions.rst``).
 
     The filter :math:`W` is the official permutohedral lattice by default (``backend="dense"``: the exact
     Gaussian it approximates).

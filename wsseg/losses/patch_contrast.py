@@ -11,7 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..utils.validation import check_reduction, check_shape, check_tensor
+from ..utils.validation import check_finite, check_reduction, check_shape, check_tensor, empty_loss
 
 __all__ = ["PatchContrastLoss", "patch_contrast_loss", "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_CHUNK_PAIRS"]
 
@@ -178,7 +178,8 @@ def patch_contrast_loss(embeddings: Tensor, patch_labels: Tensor, confidence: Te
         patch_labels: hard patch (pseudo-)labels, e.g. the argmax of ``merge_class_labels`` of the model's
             patch probabilities [assumed]; any integer values, ``ignore_index`` = no pair.
         confidence: per-patch confidence (e.g. the max merged probability); required when
-            ``min_confidence`` is set, and an error otherwise.
+            ``min_confidence`` is set, and an error otherwise. Must be finite (a NaN would silently drop
+            its patch; checked with one reduction).
         form: ``"margin"`` or ``"infonce"``.
         margin: :math:`m`, the cosine tolerated between different classes (margin form only; default 0 =
             push the cosine to :math:`\le 0`, the spec's choice [assumed]). Ignored by ``"infonce"``.
@@ -204,6 +205,9 @@ def patch_contrast_loss(embeddings: Tensor, patch_labels: Tensor, confidence: Te
     Returns:
         A scalar, or a :math:`(B,)` tensor for ``scope="image", reduction="none"``. float32 for half-precision
         inputs and under autocast (the similarities are computed in the autocast dtype, the terms in float32).
+        Unweighted (the caller applies the method's loss weight). An empty batch (:math:`B = 0`) gives 0 with
+        a graph (``embeddings.sum() * 0``; an empty :math:`(0,)` tensor for ``"none"``). NaN in the
+        embeddings propagates.
 
     Shape:
         - embeddings: :math:`(B, N, D)` or :math:`(B, D, h, w)` (then :math:`N = h w`, row-major).
@@ -218,7 +222,8 @@ def patch_contrast_loss(embeddings: Tensor, patch_labels: Tensor, confidence: Te
             integer tensor.
         ValueError: on wrong ranks or shapes, an unknown ``form``/``scope``/``reduction``, a missing
             ``temperature`` for ``"infonce"``, ``confidence`` without ``min_confidence`` or vice versa,
-            ``reduction="none"`` with ``scope="batch"``, or B·N > ``max_batch_tokens`` with ``scope="batch"``.
+            ``reduction="none"`` with ``scope="batch"``, B·N > ``max_batch_tokens`` with ``scope="batch"``, or a
+            non-finite ``confidence``.
 
     Example:
         >>> emb = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 3.0]]])      # classes 0, 0, 1: orthogonal
@@ -259,6 +264,11 @@ def patch_contrast_loss(embeddings: Tensor, patch_labels: Tensor, confidence: Te
         raise ValueError(f"confidence: required when min_confidence is set (got min_confidence={min_confidence}, "
                          "confidence=None)")
 
+    if min_confidence is not None:
+        # a NaN confidence would silently drop its patch (NaN >= gamma is False): reject it
+        check_finite(confidence, "confidence", " (it is compared with min_confidence)")
+    if b == 0:                                                                     # empty batch
+        return empty_loss(embeddings, reduction, (0,))
     y = patch_labels.detach().reshape(b, -1)                                     # (B, N)
     valid = y != ignore_index
     if min_confidence is not None:

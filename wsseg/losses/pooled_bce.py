@@ -78,8 +78,9 @@ def pooled_bce(pooled: Tensor, labels: Tensor, *, eps: float = 1e-7, reduction: 
 
     Raises:
         TypeError: if ``pooled`` is not floating point, ``labels`` is not a tensor or ``eps`` not a number.
-        ValueError: if ``pooled`` is not 2-D, ``labels`` is not :math:`(B, C)`, ``eps`` is outside
-            :math:`[0, 0.5)` or ``reduction`` is unknown.
+        ValueError: if ``pooled`` is not 2-D, ``labels`` is not :math:`(B, C)` or has a value outside
+            :math:`[0, 1]` or NaN (one reduction), ``eps`` is outside :math:`[0, 0.5)` or ``reduction`` is
+            unknown.
 
     Example:
         >>> pooled = torch.tensor([[0.5, 0.9, 0.1]], dtype=torch.float64)
@@ -93,7 +94,7 @@ def pooled_bce(pooled: Tensor, labels: Tensor, *, eps: float = 1e-7, reduction: 
         ``tf.reduce_mean``); Keras 2.9 ``keras/backend.py`` (``binary_crossentropy``).
     """
     check_tensor(pooled, "pooled", ndim=2, dims="(B, C)", dtype="float")
-    check_labels(labels, "labels", pooled.shape[0], pooled.shape[1])
+    check_labels(labels, "labels", pooled.shape[0], pooled.shape[1], soft=True)  # soft targets allowed (Keras)
     eps = _check_eps(eps)
     check_reduction(reduction)
     p = _compute_dtype(pooled)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils.validation import check_labels, check_reduction, check_shape, check_tensor
+from ..utils.validation import check_labels, check_reduction, check_shape, check_tensor, empty_loss
 
 __all__ = ["SelfCorrespondenceDistillation", "self_correspondence_distillation"]
 
@@ -148,7 +148,10 @@ def self_correspondence_distillation(
         reduction: ``"mean"`` (official, over :math:`B S^4` entries), ``"sum"`` or ``"none"``.
 
     Returns:
-        Scalar loss, or the per-pair terms :math:`(B, S^2, S^2)` for ``reduction="none"``.
+        Scalar loss, or the per-pair terms :math:`(B, S^2, S^2)` for ``reduction="none"``. Unweighted (TSCD
+        multiplies by its ``w_scd``). An empty batch (:math:`B = 0`) gives 0 with a graph
+        (``(student_1.sum() + student_2.sum()) * 0``; an empty :math:`(0, S^2, S^2)` tensor for ``"none"``).
+        NaN in the inputs propagates.
 
     Shape:
         - teacher_1: :math:`(B, K, H, W)`; teacher_2: :math:`(B, K, H', W')`.
@@ -203,6 +206,9 @@ def self_correspondence_distillation(
         if labels is None:
             raise ValueError("labels: required (B, K) image-level labels when mask_absent_classes=True, got None")
         check_labels(labels, "labels", batch, k)
+    if batch == 0:  # empty batch: 0 with a graph (the mean over B S^4 = 0 entries is undefined)
+        s2 = num_samples * num_samples
+        return empty_loss(student_1.sum() + student_2.sum(), reduction, (0, s2, s2))
 
     device = teacher_1.device
     dtype = torch.promote_types(torch.promote_types(student_1.dtype, student_2.dtype), torch.float32)

@@ -14,8 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..pseudo.seg_pseudo_label import _check_spl_params, _spl
-from ..utils.validation import check_labels, check_reduction, check_shape, check_tensor
-from .balanced_segmentation import balanced_segmentation_loss
+from ..utils.validation import (
+    check_class_target,
+    check_labels,
+    check_reduction,
+    check_shape,
+    check_tensor,
+    empty_loss,
+)
+from .balanced_segmentation import _balanced
 
 __all__ = [
     "SwappedAssignmentLoss",
@@ -57,7 +64,9 @@ def _check_loss_weight(value: float, name: str) -> None:
         raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
 
 
-def _check_c2s_inputs(seg_logits: Tensor, cpl: Tensor, cpl_aux: Tensor | None) -> None:
+def _check_c2s_inputs(seg_logits: Tensor, cpl: Tensor, cpl_aux: Tensor | None, weight: Tensor | None,
+                      ignore_index: int) -> tuple[Tensor, Tensor | None]:
+    """Check the c2s inputs; return ``cpl``, ``cpl_aux`` as int64 (values checked against K+1)."""
     check_tensor(seg_logits, "seg_logits", ndim=4, dims="(B, K+1, h, w)", dtype="float")
     check_tensor(cpl, "cpl", ndim=3, dims="(B, H, W)", dtype="int")
     if cpl.shape[0] != seg_logits.shape[0]:
@@ -65,6 +74,14 @@ def _check_c2s_inputs(seg_logits: Tensor, cpl: Tensor, cpl_aux: Tensor | None) -
     if cpl_aux is not None:
         check_tensor(cpl_aux, "cpl_aux", ndim=3, dims="(B, H, W)", dtype="int")
         check_shape(cpl_aux, "cpl_aux", tuple(cpl.shape), "(B, H, W) = cpl.shape")
+    if weight is not None:
+        check_tensor(weight, "weight", ndim=3, dims="(B, H, W)", dtype="float")
+        check_shape(weight, "weight", tuple(cpl.shape), "(B, H, W) = cpl.shape")
+    C = seg_logits.shape[1]
+    cpl = check_class_target(cpl, "cpl", C, ignore_index)
+    if cpl_aux is not None:
+        cpl_aux = check_class_target(cpl_aux, "cpl_aux", C, ignore_index)
+    return cpl, cpl_aux
 
 
 def _check_cam(cam_logits: Tensor, batch: int, num_classes: int) -> None:
@@ -79,11 +96,10 @@ def _c2s(seg_logits: Tensor, cpl: Tensor, cpl_aux: Tensor | None, weight: Tensor
         x = _upcast(seg_logits)
         if x.shape[-2:] != cpl.shape[-2:]:  # official: bilinear, align_corners=False (main.py)
             x = F.interpolate(x, size=cpl.shape[-2:], mode="bilinear", align_corners=False)
-        kw = dict(fg_alpha=fg_alpha, eps=eps, ignore_index=ignore_index, reduction=reduction)
-        main = balanced_segmentation_loss(x, cpl.long(), weight, **kw)   # .long(): e.g. uint8 label maps
+        main = _balanced(x, cpl, weight, fg_alpha, eps, False, ignore_index, reduction)  # cpl: checked int64
         if cpl_aux is None or aux_alpha == 0:
             return main
-        aux = balanced_segmentation_loss(x, cpl_aux.long(), weight, **kw)
+        aux = _balanced(x, cpl_aux, weight, fg_alpha, eps, False, ignore_index, reduction)
         return (1.0 - aux_alpha) * main + aux_alpha * aux
 
 
@@ -163,7 +179,7 @@ def cam_to_seg_loss(seg_logits: Tensor, cpl: Tensor, cpl_aux: Tensor | None = No
 
     Args:
         seg_logits: student segmentation logits (channel 0 = background), at any resolution.
-        cpl: main CAM pseudo label, values in :math:`\{0..K\} \cup \{\text{ignore}\}`.
+        cpl: main CAM pseudo label, values in :math:`\{0..K\} \cup \{\text{ignore}\}`, any integer dtype.
         cpl_aux: auxiliary CAM pseudo label or ``None``.
         weight: optional non-negative per-pixel weight at the label resolution.
         fg_alpha: :math:`\alpha` (``segfg_alpha``, 0.5).
@@ -174,7 +190,8 @@ def cam_to_seg_loss(seg_logits: Tensor, cpl: Tensor, cpl_aux: Tensor | None = No
             + \beta\sum w\,CE(Y_{aux})` over non-ignored pixels; ``"none"`` = that mix as a per-pixel map.
 
     Returns:
-        Scalar, or a :math:`(B, H, W)` map for ``reduction="none"``.
+        Scalar, or a :math:`(B, H, W)` map for ``reduction="none"`` (unweighted). An empty batch gives 0 with
+        a graph (an empty map for ``"none"``).
 
     Shape:
         - seg_logits: :math:`(B, K+1, h, w)`.
@@ -183,8 +200,9 @@ def cam_to_seg_loss(seg_logits: Tensor, cpl: Tensor, cpl_aux: Tensor | None = No
 
     Raises:
         TypeError: on a non-float ``seg_logits``/``weight`` or a non-integer ``cpl``/``cpl_aux``.
-        ValueError: on wrong ranks or shapes, ``fg_alpha``/``aux_alpha`` outside [0, 1], a negative ``eps`` or
-            an unknown ``reduction``.
+        ValueError: on wrong ranks or shapes, a ``cpl``/``cpl_aux`` value outside :math:`[0, K+1)` other
+            than ``ignore_index``, ``fg_alpha``/``aux_alpha`` outside [0, 1], a negative ``eps`` or an
+            unknown ``reduction``.
 
     Example:
         >>> seg = torch.zeros(1, 3, 2, 2)                 # uniform prediction: CE = log 3 everywhere
@@ -197,9 +215,14 @@ def cam_to_seg_loss(seg_logits: Tensor, cpl: Tensor, cpl_aux: Tensor | None = No
         CoSA, Yang et al. ECCV 2024; github.com/youshyee/CoSA, main.py (``seg_loss``, ``aux_cam2seg``),
         utils/seg_helper.py (``seg_loss``, ``seg_weightloss``).
     """
-    _check_c2s_inputs(seg_logits, cpl, cpl_aux)
+    cpl, cpl_aux = _check_c2s_inputs(seg_logits, cpl, cpl_aux, weight, ignore_index)
     _check_unit(aux_alpha, "aux_alpha")
+    _check_unit(fg_alpha, "fg_alpha")
+    if not eps >= 0:
+        raise ValueError(f"eps: expected a non-negative value, got {eps}")
     check_reduction(reduction)
+    if seg_logits.shape[0] == 0:
+        return empty_loss(seg_logits, reduction, tuple(cpl.shape))
     return _c2s(seg_logits, cpl, cpl_aux, weight, fg_alpha, aux_alpha, eps, ignore_index, reduction)
 
 
@@ -230,7 +253,8 @@ def seg_to_cam_loss(cam_logits: Tensor, spl: Tensor, *, relu_cam: bool = True, r
             (per-pixel class-mean, :math:`(B, h, w)`).
 
     Returns:
-        Scalar, or a :math:`(B, h, w)` map for ``reduction="none"``.
+        Scalar, or a :math:`(B, h, w)` map for ``reduction="none"`` (unweighted). An empty batch gives 0 with
+        a graph (an empty map for ``"none"``).
 
     Shape:
         - cam_logits: :math:`(B, K, h, w)`.
@@ -253,6 +277,8 @@ def seg_to_cam_loss(cam_logits: Tensor, spl: Tensor, *, relu_cam: bool = True, r
     B, C = spl.shape[:2]
     _check_cam(cam_logits, B, C - 1)
     check_reduction(reduction)
+    if B == 0:
+        return empty_loss(cam_logits, reduction, (0, *cam_logits.shape[-2:]))
     with torch.autocast(device_type=spl.device.type, enabled=False):
         q = _upcast(spl.detach()[:, 1:])
         if q.shape[-2:] != cam_logits.shape[-2:]:
@@ -279,7 +305,13 @@ def swapped_assignment_loss(seg_logits: Tensor, cam_logits: Tensor, cpl: Tensor,
                             weight_c2s: float = 0.1, weight_s2c: float = 0.05, eps: float = 1e-6,
                             ignore_index: int = 255, reduction: str = "mean",
                             return_terms: bool = False) -> Tensor | SwappedAssignmentTerms:
-    r"""CoSA's swapped-assignment loss: CPL -> student segmentation plus SPL -> student CAM.
+    r"""CoSA's swapped-assignment loss, weighted inside: ``0.1 * L_c2s + 0.05 * L_s2c`` by default.
+
+    The two CoSA loss weights are applied inside (defaults = the official ``seg_weight`` 0.1 and
+    ``cam_weight`` 0.05); pass ``weight_c2s=1.0, weight_s2c=1.0`` for the plain sum, or
+    ``return_terms=True`` for the unweighted terms. Single-term losses such as
+    :class:`~wsseg.losses.BalancedSegmentationLoss` return their term unweighted (``docs/conventions.rst``).
+    CPL -> student segmentation plus SPL -> student CAM:
 
     .. math::
 
@@ -304,7 +336,7 @@ def swapped_assignment_loss(seg_logits: Tensor, cam_logits: Tensor, cpl: Tensor,
         cpl: teacher main CAM pseudo label :math:`Y` (weak view).
         teacher_seg_logits: teacher segmentation logits :math:`\tilde S` (CoSA: sum of 6 multi-scale,
             flipped logit maps), at the CPL size.
-        labels: image labels in {0, 1} (no background entry).
+        labels: image labels, every entry exactly 0 or 1 (no background entry; NaN, -1 or 2 raise).
         cpl_aux: teacher auxiliary CAM pseudo label :math:`Y_{aux}` or ``None`` (:math:`\beta = 0`).
         weight: optional per-pixel CPL weight (experimental RAW hook).
         fg_alpha: :math:`\alpha` of the balanced CE (0.5).
@@ -322,17 +354,20 @@ def swapped_assignment_loss(seg_logits: Tensor, cam_logits: Tensor, cpl: Tensor,
             terms instead of the scalar total.
 
     Returns:
-        The scalar :math:`L_{SA}`, or :class:`SwappedAssignmentTerms`.
+        The scalar :math:`L_{SA}`, or :class:`SwappedAssignmentTerms`. An empty batch (:math:`B = 0`) gives
+        zero terms that keep the graph (``pred.sum() * 0``; empty maps for ``"none"``). NaN in the logits
+        propagates.
 
     Shape:
         - seg_logits: :math:`(B, K+1, h, w)`; cam_logits: :math:`(B, K, h', w')`.
-        - cpl, cpl_aux: :math:`(B, H, W)` integer; weight: :math:`(B, H, W)` float.
+        - cpl, cpl_aux: :math:`(B, H, W)`, any integer dtype; weight: :math:`(B, H, W)` float.
         - teacher_seg_logits: :math:`(B, K+1, H, W)`; labels: :math:`(B, K)`.
 
     Raises:
         TypeError: on wrong dtypes (float logits and weight, integer pseudo labels).
-        ValueError: on wrong ranks or shapes, out-of-range hyperparameters, an unknown ``spl_mask_mode`` or
-            ``reduction``, or ``reduction="none"`` without ``return_terms=True``.
+        ValueError: on wrong ranks or shapes, ``labels`` not all 0/1, a ``cpl``/``cpl_aux`` value outside
+            :math:`[0, K+1)` other than ``ignore_index``, out-of-range hyperparameters, an unknown
+            ``spl_mask_mode`` or ``reduction``, or ``reduction="none"`` without ``return_terms=True``.
 
     Example:
         >>> B, K = 2, 20
@@ -348,7 +383,7 @@ def swapped_assignment_loss(seg_logits: Tensor, cam_logits: Tensor, cpl: Tensor,
         CoSA, Yang et al. ECCV 2024; github.com/youshyee/CoSA, main.py (lines 120-233),
         utils/seg_helper.py (``seg_loss``, ``seg_refine_by_label``, ``cam_loss``).
     """
-    _check_c2s_inputs(seg_logits, cpl, cpl_aux)
+    cpl, cpl_aux = _check_c2s_inputs(seg_logits, cpl, cpl_aux, weight, ignore_index)
     B, C = seg_logits.shape[:2]
     _check_cam(cam_logits, B, C - 1)
     check_tensor(teacher_seg_logits, "teacher_seg_logits", ndim=4, dims="(B, K+1, H, W)", dtype="float")
@@ -356,7 +391,15 @@ def swapped_assignment_loss(seg_logits: Tensor, cam_logits: Tensor, cpl: Tensor,
                 f"(B, K+1, H, W) with B={B}, K+1={C} and (H, W) = cpl size")
     check_labels(labels, "labels", B, C - 1)
     _check_swapped(weight_c2s, weight_s2c, aux_alpha, seg_temperature, spl_mask_mode, reduction, return_terms)
+    _check_unit(fg_alpha, "fg_alpha")
+    if not eps >= 0:
+        raise ValueError(f"eps: expected a non-negative value, got {eps}")
 
+    if B == 0:  # empty batch: zero terms that keep the graph (a mean over nothing would be NaN)
+        c2s = empty_loss(seg_logits, reduction, tuple(cpl.shape))
+        s2c = empty_loss(cam_logits, reduction, (0, *cam_logits.shape[-2:]))
+        total = None if reduction == "none" else weight_c2s * c2s + weight_s2c * s2c
+        return SwappedAssignmentTerms(c2s, s2c, total) if return_terms else total
     c2s = _c2s(seg_logits, cpl, cpl_aux, weight, fg_alpha, aux_alpha, eps, ignore_index, reduction)
     q_fg = _spl_on_grid(teacher_seg_logits, labels, seg_temperature, spl_mask_mode, tuple(cam_logits.shape[-2:]))
     s2c = _s2c(cam_logits, q_fg, relu_cam, reduction)
@@ -367,7 +410,13 @@ def swapped_assignment_loss(seg_logits: Tensor, cam_logits: Tensor, cpl: Tensor,
 
 
 class SwappedAssignmentLoss(nn.Module):
-    r"""CoSA's swapped-assignment loss (module form of :func:`swapped_assignment_loss`).
+    r"""CoSA's swapped-assignment loss, weighted inside: ``0.1 * L_c2s + 0.05 * L_s2c`` by default.
+
+    Module form of :func:`swapped_assignment_loss`. The loss weights are constructor hyperparameters
+    (defaults = the official ``seg_weight`` 0.1 and ``cam_weight`` 0.05, shown by ``repr``); use
+    ``SwappedAssignmentLoss(weight_c2s=1.0, weight_s2c=1.0)`` or ``return_terms=True`` for unweighted
+    terms. :class:`~wsseg.losses.BalancedSegmentationLoss`, a single term, has no weight inside
+    (``docs/conventions.rst``).
 
     .. math::
 
@@ -398,7 +447,8 @@ class SwappedAssignmentLoss(nn.Module):
         - output: scalar (or :class:`SwappedAssignmentTerms`).
 
     Raises:
-        ValueError: on out-of-range hyperparameters (and see :func:`swapped_assignment_loss`).
+        ValueError: on out-of-range hyperparameters; on labels that are not 0/1 or a CPL value outside
+            :math:`[0, K+1)` other than ``ignore_index`` (see :func:`swapped_assignment_loss`).
 
     Example:
         >>> loss_fn = SwappedAssignmentLoss()

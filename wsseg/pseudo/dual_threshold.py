@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsseg.utils.validation import check_labels, check_same_spatial, check_shape, check_tensor
+from wsseg.utils.validation import (
+    check_labels,
+    check_same_spatial,
+    check_shape,
+    check_tensor,
+    check_unit_range,
+)
 
 __all__ = ["DEFAULT_CHUNK_PIXELS", "DualThresholdPseudoLabel", "dual_threshold_pseudo_label",
            "varm_pseudo_label"]
@@ -38,6 +44,21 @@ def _check_params(high: float, low: float, down_scale: int) -> None:
         raise ValueError(f"low: expected low <= high, got low={low}, high={high}")
     if isinstance(down_scale, bool) or not isinstance(down_scale, int) or down_scale < 1:
         raise ValueError(f"down_scale: expected a positive int, got {down_scale!r}")
+
+
+_NORMALISED = ("a normalised CAM: ReLU, upsample to the image size, then divide each class by its maximum, "
+               "e.g. cam / cam.amax(dim=(2, 3), keepdim=True).clamp_min(1e-5)")
+
+
+def _check_cam_channels(cam: Tensor, labels: object) -> None:
+    """Blame a CAM/labels class-count mismatch on the right argument (a background channel in the CAM)."""
+    if isinstance(labels, Tensor) and labels.dim() == 2 and labels.shape[1] != cam.shape[1]:
+        K, Kl = cam.shape[1], labels.shape[1]
+        hint = (" It looks like the CAM includes a background channel: pass only the K foreground channels "
+                "(e.g. cam[:, 1:]); the background is the threshold, added inside."
+                if K == Kl + 1 else "")
+        raise ValueError(f"cam: has {K} channels but labels has {Kl} classes; expected cam (B, K, H, W) with the "
+                         f"same K foreground classes as labels (B, K).{hint}")
 
 
 def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | None = None,
@@ -88,9 +109,16 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
     continuous inputs, but its whole-batch resizes can round differently from the per-image ones, which can
     flip exact ties.) Runs under ``torch.no_grad()`` in float32 with autocast disabled.
 
+    Input range: the CAM must be normalised to [0, 1] (ReLU, then each class divided by its maximum), because it
+    competes with the constant background scores :math:`\tau`; an unnormalised CAM (raw logits, values in the
+    tens) would silently give (almost) no background, a CAM of tiny values all background. It is therefore
+    checked: values outside :math:`[-0.01, 1.01]` or NaN raise a ValueError (one ``aminmax``, one device
+    synchronisation).
+
     Args:
-        cam: normalised CAM :math:`\hat M` in [0, 1], all :math:`K` channels.
-        labels: image-level labels in {0, 1} (no background entry).
+        cam: normalised CAM :math:`\hat M` in [0, 1], the :math:`K` **foreground** channels only (no
+            background channel: the background score is the threshold).
+        labels: image-level labels, every entry 0 or 1 (no background entry).
         image: image in [0, 1] (de-normalised RGB), required when ``refiner`` is given; ignored otherwise.
         valid: real-image region of a padded crop; ``None`` means everything is valid.
         high: high background score :math:`\tau_{hi}`.
@@ -114,8 +142,11 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
 
     Raises:
         TypeError: on a wrong dtype (``cam``/``image`` float, ``valid`` bool).
-        ValueError: on wrong shapes, ``low > high``, a non-positive ``down_scale`` or one too large for
-            the input, a negative ``chunk_pixels``, or a ``refiner`` without ``image``.
+        ValueError: on wrong shapes; a ``cam`` whose channel count differs from the labels' :math:`K` (with
+            a hint when it has :math:`K+1` channels, i.e. includes a background channel); a ``cam`` with NaN
+            or values outside [0, 1] (tolerance 0.01); labels that are not 0/1; ``low > high``, a
+            non-positive ``down_scale`` or one too large for the input, a negative ``chunk_pixels``, or a
+            ``refiner`` without ``image``.
 
     Example:
         >>> cam = torch.tensor([[[[0.9, 0.9], [0.45, 0.1]], [[0.2, 0.2], [0.3, 0.8]]]])
@@ -130,8 +161,10 @@ def dual_threshold_pseudo_label(cam: Tensor, labels: Tensor, image: Tensor | Non
     """
     check_tensor(cam, "cam", ndim=4, dims="(B, K, H, W)", dtype="float")
     B, K, H, W = cam.shape
+    _check_cam_channels(cam, labels)
     check_labels(labels, "labels", B, K)
     _check_params(high, low, down_scale)
+    check_unit_range(cam, "cam", _NORMALISED)
     _check_chunk(chunk_pixels)
     h, w = H // down_scale, W // down_scale
     if h < 1 or w < 1:

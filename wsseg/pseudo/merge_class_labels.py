@@ -106,7 +106,7 @@ def merge_class_labels(probs: Tensor, labels: Tensor) -> Tensor:
     else:
         class_dim, grid_dims = 2, (1,)
     num_classes = probs.shape[class_dim]
-    check_labels(labels, "labels", probs.shape[0], num_classes)
+    check_labels(labels, "labels", probs.shape[0], num_classes, values=False)  # any value > 0 = present
     y = labels.to(device=probs.device, dtype=probs.dtype)
     y = y[:, :, None, None] if probs.dim() == 4 else y[:, None, :]
     masked = probs * y

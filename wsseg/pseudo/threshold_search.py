@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsseg.utils.validation import check_tensor
+from wsseg.utils.validation import check_tensor, check_unit_range
 
 __all__ = ["GMM1DResult", "ThresholdSearch", "gmm_1d"]
 
@@ -252,6 +252,27 @@ class ThresholdSearch(nn.Module):
     In ``eval()`` mode nothing is updated and the current thresholds are returned. Output: ``(low, high)``
     for the dual-threshold pseudo label (:func:`~wsseg.pseudo.dual_threshold_pseudo_label`).
 
+    **Return type**: ``(low, high)`` are **0-d float64 tensors** on the module's device (copies), not Python
+    floats: returning floats would force a device-to-host copy on every call. Convert them with ``float()``
+    when a Python number is needed (``dual_threshold_pseudo_label(cam, labels, high=float(high),
+    low=float(low))``, logging); the read is then one synchronisation.
+
+    **The statistic grid** (``stat_size`` :math:`S`): every image contributes the :math:`S^2` values of its
+    CAM maximum over classes, taken on an :math:`S \times S` resize of the CAM, so the queue holds
+    :math:`Q S^2` samples of "how strongly the most likely class fires at a location". :math:`S` sets the
+    spatial sampling only: neighbouring values are strongly correlated, so a grid about as fine as the CAM's
+    own feature grid (crop size / network stride) captures the distribution; a larger :math:`S` makes each
+    fit slower (EM over :math:`Q S^2` values) without adding information, a much smaller one under-samples
+    small objects. CoSA's value 28 is its 448 crop over its ViT patch size 16.
+
+    **Starting thresholds for another model**: ``init_low`` / ``init_high`` are where the EMA starts, and
+    with ``ema_decay=0.99`` they dominate for the first few hundred calls. For a CAM that is ReLU'd and
+    divided by its per-class maximum (the input this module expects) a safe start is the pair used with
+    such CAMs by ToCo/CoSA, ``init_low=0.25, init_high=0.7`` (AFA/TSCD's fixed pair 0.35/0.55 is a narrower
+    alternative). To start from your own model's values, run it in ``train()`` mode with
+    ``queue_init="empty"``, ``ema_decay=0.0`` and ``sort_components=True`` on ``queue_ratio`` batches of
+    its (already trained) CAMs and use the ``low``/``high`` it reports as ``init_low``/``init_high``.
+
     Faithful defaults (official code, ``usegmm=True``, disabled in the published CoSA runs):
     ``queue_init="uniform"`` (the queue starts as :math:`U[0,1)` noise, so the first ``queue_ratio``
     fits see partly noise), ``sort_components=False`` (relies on EM keeping the initial component
@@ -287,7 +308,8 @@ class ThresholdSearch(nn.Module):
         init_high: initial :math:`\tau_{hi}` (official ``high_thre``).
         n_components: GMM components :math:`C \in \{2, 3\}`.
         queue_ratio: queue rows per batch item (official ``queue_update_ratio``).
-        stat_size: side :math:`S` of the statistic grid (official ``crop_size // gmmscale`` = 28).
+        stat_size: side :math:`S` of the grid the CAM is resized to before its per-location class maximum
+            is queued (:math:`S^2` values per image; CoSA: 28, see "The statistic grid" above).
         filter_thre: values :math:`\le` this are dropped before the fit (official ``gmmfilter_thre``).
         ema_decay: :math:`d` in [0, 1] (official ``gmmemadecay``).
         update_every: refit every this many training calls (official 1).
@@ -302,11 +324,14 @@ class ThresholdSearch(nn.Module):
 
     Shape:
         - cam: :math:`(B, K, H, W)`, normalised CAM in [0, 1] with absent classes zeroed.
-        - output: ``(low, high)``, two 0-d float64 tensors on the module's device (copies).
+        - output: ``(low, high)``, two 0-d float64 tensors on the module's device (copies; ``float()`` them
+          for Python numbers).
 
     Raises:
         ValueError: on bad hyperparameters (at construction), a ``cam`` that is not 4-D or has
-            :math:`B > Q` or an empty dimension.
+            :math:`B > Q` or an empty dimension; in training mode, a ``cam`` with NaN/inf or values outside
+            [0, 1] (tolerance 0.01), which would otherwise be stored in the queue and corrupt every later fit
+            (one ``aminmax`` on the :math:`B S^2` statistic, one synchronisation).
         TypeError: if ``cam`` is not a floating-point tensor.
         RuntimeError: with ``on_empty="raise"``, when a fit leaves component 0 or :math:`C-1` empty or
             fewer than :math:`\max(2, C)` values survive the filter.
@@ -475,7 +500,12 @@ class ThresholdSearch(nn.Module):
             raise ValueError(f"cam: batch size {B} exceeds the queue length {Q} "
                              f"(allocated for batch size {Q // self.queue_ratio})")
         with _no_autocast(cam.device):
-            stat = self._statistic(cam).to(device=self.queue.device, dtype=self.queue.dtype)
+            stat = self._statistic(cam)
+        # the statistic is stored: reject NaN / an unnormalised CAM before it enters the queue (a bilinear
+        # resize and a max keep the range of cam; what is checked is exactly what would be stored)
+        check_unit_range(stat, "cam", "a normalised CAM: ReLU, then divided by its per-class maximum; its "
+                         "values are queued")
+        stat = stat.to(device=self.queue.device, dtype=self.queue.dtype)
         rows = (self.ptr + torch.arange(B, device=self.queue.device)) % Q
         self.queue.index_copy_(0, rows, stat)
         self.ptr.copy_((self.ptr + B) % Q)
