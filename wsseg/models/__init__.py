@@ -2,6 +2,7 @@
 
 from .apc import APCNet, APCOutput, apc, apc_vit_b16_experimental
 from .cosa import CoSANet, CoSAOutput, cosa, cosa_vit_b16
+from .official import OFFICIAL_METHODS, convert_official_state_dict, load_official_checkpoint
 from .registry import create_model, is_model, list_models, register_model
 from .slrnet import SLRNet, SLRNetOutput, slrnet, slrnet_wr38
 from .tscd import TSCDNet, TSCDOutput, tscd, tscd_mit_b1
@@ -34,6 +35,9 @@ __all__ = [
     "TSCDNet",
     "TSCDOutput",
     "create_model",
+    "OFFICIAL_METHODS",
+    "convert_official_state_dict",
+    "load_official_checkpoint",
     "is_model",
     "list_models",
     "register_model",
