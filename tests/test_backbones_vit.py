@@ -207,3 +207,136 @@ def test_dinov2_real_weights(dinov2_weights):
     assert torch.isfinite(out.features[0]).all() and torch.isfinite(out.attn_logits[0]).all()
     assert out.attn_logits[0].shape == (1, 6, 256, 256)
     assert time.perf_counter() - t0 < 20
+
+
+# ---------------------------------------------------------------------- positional-embedding resampling
+def _keys_cubic(t: float, a: float) -> float:
+    """Keys' cubic-convolution kernel W(t), written out from the 1981 paper."""
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    if t < 2:
+        return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+    return 0.0
+
+
+def _plain_bicubic_weights(n_in: int, n_out: int, a: float = -0.75) -> torch.Tensor:
+    """(n_out, n_in) weights of plain bicubic, align_corners=False, border taps clamped to the edge."""
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        u = (i + 0.5) * n_in / n_out - 0.5
+        f = int(torch.floor(torch.tensor(u)))
+        for k in (-1, 0, 1, 2):
+            w[i, min(max(f + k, 0), n_in - 1)] += _keys_cubic(u - (f + k), a)
+    return w
+
+
+def _renormalised_cubic_weights(n_in: int, n_out: int, a: float = -0.5) -> torch.Tensor:
+    """(n_out, n_in) weights of TensorFlow 2's bicubic resize when upsampling (scale_and_translate, Keys
+    a = -0.5, half-pixel centres): taps outside the grid dropped, the rest renormalised to sum 1."""
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        centre = (i + 0.5) * n_in / n_out
+        taps = [j for j in range(n_in) if abs(j + 0.5 - centre) < 2]
+        vals = torch.tensor([_keys_cubic(j + 0.5 - centre, a) for j in taps], dtype=torch.float64)
+        w[i, taps] = vals / vals.sum()
+    return w
+
+
+def _impulse_backbone(mode: str, r: int, c: int, model_name: str = "test_vit") -> TimmViTBackbone:
+    vit = TimmViTBackbone(model_name, img_size=64, pos_embed_interp=mode)  # stored grid 4 x 4
+    with torch.no_grad():
+        vit.model.pos_embed.zero_()
+        vit.model.pos_embed[0, 0] = 7.0  # prefix entry (all channels)
+        vit.model.pos_embed[0, 1 + r * 4 + c, 0] = 1.0
+    return vit
+
+
+@pytest.mark.parametrize("out_size", [(8, 8), (7, 5), (3, 6)])
+@pytest.mark.parametrize("r, c", [(0, 0), (1, 2), (3, 1)])
+def test_plain_bicubic_impulse_response_is_the_a075_kernel(out_size, r, c):
+    vit = _impulse_backbone("bicubic", r, c)
+    pe = vit.pos_embed_for_grid(*out_size)
+    assert pe.shape == (1, 1 + out_size[0] * out_size[1], 64)
+    torch.testing.assert_close(pe[0, 0], torch.full((64,), 7.0), rtol=0, atol=0)  # prefix untouched
+    grid = pe[0, 1:, 0].reshape(out_size).double()
+    expected = torch.outer(_plain_bicubic_weights(4, out_size[0])[:, r], _plain_bicubic_weights(4, out_size[1])[:, c])
+    torch.testing.assert_close(grid, expected, rtol=0, atol=1e-6)
+    assert pe[0, 1:, 1:].abs().max() == 0  # other channels stay zero
+
+
+@pytest.mark.parametrize("out_size", [(8, 8), (7, 5)])
+def test_timm_mode_is_the_renormalised_a05_kernel_when_upsampling(out_size):
+    vit = _impulse_backbone("timm", 1, 2)
+    grid = vit.pos_embed_for_grid(*out_size)[0, 1:, 0].reshape(out_size).double()
+    expected = torch.outer(_renormalised_cubic_weights(4, out_size[0])[:, 1],
+                           _renormalised_cubic_weights(4, out_size[1])[:, 2])
+    torch.testing.assert_close(grid, expected, rtol=0, atol=1e-6)
+    plain = torch.outer(_plain_bicubic_weights(4, out_size[0])[:, 1], _plain_bicubic_weights(4, out_size[1])[:, 2])
+    assert (grid - plain).abs().max() > 1e-2  # the two kernels really differ
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "timm"])
+def test_stored_grid_is_identity(mode):
+    vit = TimmViTBackbone("test_vit", img_size=64, pos_embed_interp=mode)
+    assert vit.pos_embed_for_grid(4, 4) is vit.model.pos_embed
+    other = TimmViTBackbone("test_vit", img_size=64, pos_embed_interp="timm" if mode == "bicubic" else "bicubic")
+    other.load_state_dict(vit.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(vit(x).features[0], other(x).features[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_name, kw", [("test_vit", {}), ("test_vit2", {}),  # class token; register token
+                                           ("test_vit", {"no_embed_class": True})])  # no prefix entry
+def test_forward_adds_the_resampled_embedding_after_the_prefix(model_name, kw):
+    torch.manual_seed(0)
+    vit = TimmViTBackbone(model_name, img_size=64, pos_embed_interp="bicubic", **kw).eval()
+    m = vit.model
+    x = torch.randn(2, 3, 128, 96)  # grid 8 x 6 from the stored 4 x 4
+    patches = m.patch_embed(x).reshape(2, 48, -1)
+    prefix = (m.cls_token if m.cls_token is not None else m.reg_token).expand(2, -1, -1)
+    pe = m.pos_embed
+    p = 0 if kw.get("no_embed_class") else 1
+    assert pe.shape[1] == p + 16
+    grid = F.interpolate(pe[:, p:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2), size=(8, 6), mode="bicubic",
+                         align_corners=False).flatten(2).transpose(1, 2)  # the official CoSA prepare_tokens
+    if p:
+        tokens = torch.cat([prefix, patches], 1) + torch.cat([pe[:, :1], grid], 1)
+    else:
+        tokens = torch.cat([prefix, patches + grid], 1)
+    torch.testing.assert_close(m._pos_embed(m.patch_embed(x)), tokens, rtol=0, atol=1e-6)
+    for blk in m.blocks:
+        tokens = blk(tokens)
+    ref = m.norm(tokens)[:, 1:].reshape(2, 8, 6, -1).permute(0, 3, 1, 2)
+    torch.testing.assert_close(vit(x).features[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bicubic_mode_survives_deepcopy_and_gets_gradients():
+    import copy
+
+    vit = TimmViTBackbone("test_vit", img_size=64, pos_embed_interp="bicubic")
+    twin = copy.deepcopy(vit)
+    assert twin.model._pos_embed.__self__ is twin.model and twin.pos_embed_interp == "bicubic"
+    x = torch.randn(1, 3, 96, 96)
+    torch.testing.assert_close(twin(x).features[0], vit(x).features[0], rtol=0, atol=0)
+    vit(x).features[0].sum().backward()
+    assert vit.model.pos_embed.grad is not None and vit.model.pos_embed.grad.abs().sum() > 0
+    assert "pos_embed_interp='bicubic'" in repr(vit).splitlines()[0] + repr(vit).splitlines()[1]
+
+
+def test_pos_embed_interp_errors():
+    from wsseg.backbones import resample_pos_embed
+
+    with pytest.raises(ValueError, match="pos_embed_interp: expected one of .*'timm', 'bicubic'.*got 'bilinear'"):
+        TimmViTBackbone("test_vit", pos_embed_interp="bilinear")
+    with pytest.raises(ValueError, match="pos_embed_interp: 'bicubic' .*needs dynamic_img_size=True"):
+        TimmViTBackbone("test_vit", pos_embed_interp="bicubic", dynamic_img_size=False)
+    pe = torch.zeros(1, 17, 8)
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        resample_pos_embed(pe, (8, 8), (4, 4), mode="area")
+    with pytest.raises(ValueError, match=r"pos_embed: expected shape \(1, 1 \+ 3\*3, C\)"):
+        resample_pos_embed(pe, (8, 8), (3, 3))
+    with pytest.raises(ValueError, match="new_size: expected two positive ints"):
+        resample_pos_embed(pe, (0, 8), (4, 4))
+    with pytest.raises(TypeError, match="pos_embed:"):
+        resample_pos_embed(pe.long(), (8, 8), (4, 4))

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from os import PathLike
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from ..utils.validation import check_tensor
 from .base import BackboneOutput, split_norm_parameters
 from .weights import load_weights
 
-__all__ = ["TimmViTBackbone", "qk_logits"]
+__all__ = ["TimmViTBackbone", "qk_logits", "resample_pos_embed"]
+
+# positional-embedding resampling modes (TimmViTBackbone.pos_embed_interp, resample_pos_embed)
+_POS_EMBED_INTERP: tuple[str, ...] = ("timm", "bicubic")
 
 
 def qk_logits(attn: nn.Module, x: Tensor, num_prefix_tokens: int = 0) -> Tensor:
@@ -60,6 +67,115 @@ def qk_logits(attn: nn.Module, x: Tensor, num_prefix_tokens: int = 0) -> Tensor:
     return q @ k.transpose(-2, -1)
 
 
+def resample_pos_embed(pos_embed: Tensor, new_size: Sequence[int], old_size: Sequence[int],
+                       num_prefix_tokens: int = 1, mode: str = "bicubic") -> Tensor:
+    r"""Resample a ViT's absolute positional embedding from its stored grid to another token grid.
+
+    The first ``num_prefix_tokens`` entries (class / register tokens) are kept as they are; the grid part
+    is reshaped to :math:`(1, C, h_0, w_0)`, resized to ``new_size`` and flattened back row-major. When
+    ``new_size == old_size`` the input is returned unchanged (identity; plain bicubic at scale 1 is the
+    identity too, its taps are exactly :math:`(0, 1, 0, 0)`). Resizing runs in float32 and the result is
+    cast back to the input dtype (as timm does).
+
+    * ``"bicubic"``: ``F.interpolate(mode="bicubic", align_corners=False)`` without antialiasing, the
+      official CoSA ``prepare_tokens`` (and DINO / DINOv2's ``interpolate_pos_encoding`` kernel). Each
+      output sample at source coordinate :math:`u = (i + \tfrac12)\,h_0/h - \tfrac12` is
+      :math:`\sum_{k=-1}^{2} W(u - \lfloor u\rfloor - k)\, p_{\mathrm{clamp}(\lfloor u\rfloor + k)}`
+      with the cubic-convolution kernel of Keys, :math:`a = -0.75`,
+
+      .. math::
+
+          W(t) = \begin{cases} (a+2)|t|^3 - (a+3)|t|^2 + 1, & |t| \le 1,\\
+          a|t|^3 - 5a|t|^2 + 8a|t| - 4a, & 1 < |t| < 2,\\ 0, & \text{otherwise,}\end{cases}
+
+      and border samples clamped to the edge (replicate padding).
+    * ``"timm"``: timm's ``resample_abs_pos_embed`` (``antialias=True``): PyTorch's antialiased
+      bicubic, the same formula with :math:`a = -0.5` (PIL's kernel), taps outside the grid dropped and
+      the remaining weights renormalised to sum 1, and, when downsampling, the kernel stretched by the
+      scale factor. When upsampling this is also TensorFlow 2's ``tf.image.resize(method="bicubic")``
+      (Keys :math:`a = -0.5`, half-pixel centres, renormalised border taps).
+
+    Args:
+        pos_embed: the stored embedding, prefix entries first.
+        new_size: target grid ``(h, w)``.
+        old_size: stored grid ``(h0, w0)``.
+        num_prefix_tokens: leading entries that are not grid positions (timm: ``0`` when the model has
+            ``no_embed_class``, else its ``num_prefix_tokens``).
+        mode: ``"bicubic"`` or ``"timm"``.
+
+    Returns:
+        the resampled embedding.
+
+    Shape:
+        - pos_embed: :math:`(1, P + h_0 w_0, C)`.
+        - output: :math:`(1, P + h w, C)`.
+
+    Raises:
+        ValueError: for an unknown ``mode``, a ``pos_embed`` whose length is not
+            ``num_prefix_tokens + h0 * w0`` or sizes that are not two positive ints.
+        TypeError: if ``pos_embed`` is not a floating-point tensor.
+
+    Example:
+        >>> pe = torch.randn(1, 1 + 4 * 4, 8)
+        >>> resample_pos_embed(pe, (8, 6), (4, 4)).shape
+        torch.Size([1, 49, 8])
+        >>> resample_pos_embed(pe, (4, 4), (4, 4)) is pe
+        True
+
+    Source:
+        CoSA, github.com/youshyee/CoSA, models/vit/vit.py (``prepare_tokens``); timm
+        ``timm/layers/pos_embed.py`` (``resample_abs_pos_embed``); Keys, "Cubic convolution interpolation
+        for digital image processing", IEEE TASSP 1981.
+    """
+    if mode not in _POS_EMBED_INTERP:
+        raise ValueError(f"mode: expected one of {_POS_EMBED_INTERP}, got {mode!r}")
+    check_tensor(pos_embed, "pos_embed", ndim=3, dims="(1, P + h0*w0, C)", dtype="float")
+    sizes = []
+    for name, size in (("new_size", new_size), ("old_size", old_size)):
+        size = tuple(size)
+        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+            raise ValueError(f"{name}: expected two positive ints (h, w), got {size}")
+        sizes.append(size)
+    new, old = sizes
+    p = int(num_prefix_tokens)
+    if pos_embed.shape[0] != 1 or pos_embed.shape[1] != p + old[0] * old[1]:
+        raise ValueError(f"pos_embed: expected shape (1, {p} + {old[0]}*{old[1]}, C) for num_prefix_tokens={p} "
+                         f"and old_size={old}, got {tuple(pos_embed.shape)}")
+    if new == old:
+        return pos_embed
+    if mode == "timm":
+        from timm.layers import resample_abs_pos_embed
+
+        return resample_abs_pos_embed(pos_embed, new_size=list(new), old_size=list(old), num_prefix_tokens=p)
+    grid = rearrange(pos_embed[:, p:], "1 (h w) c -> 1 c h w", h=old[0], w=old[1]).float()
+    grid = F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
+    grid = rearrange(grid, "1 c h w -> 1 (h w) c").to(pos_embed.dtype)
+    return torch.cat([pos_embed[:, :p], grid], dim=1)
+
+
+def _pos_embed_with_backbone_resampling(model: nn.Module, x: Tensor) -> Tensor:
+    """Replacement of a timm ``VisionTransformer._pos_embed`` (``dynamic_img_size=True``, NHWC patches) that
+    resamples with :func:`resample_pos_embed` in ``model._wsseg_pos_embed_interp`` mode; otherwise the same
+    steps as timm's method (prefix tokens, ``no_embed_class``, ``pos_drop``)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h * w, c)
+    to_cat = [t.expand(b, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
+    if model.pos_embed is None:
+        return torch.cat(to_cat + [x], dim=1)
+    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    pos_embed = resample_pos_embed(model.pos_embed, (h, w), tuple(model.patch_embed.grid_size),
+                                   num_prefix_tokens=prefix, mode=model._wsseg_pos_embed_interp)
+    if model.no_embed_class:
+        x = x + pos_embed
+        if to_cat:
+            x = torch.cat(to_cat + [x], dim=1)
+    else:
+        if to_cat:
+            x = torch.cat(to_cat + [x], dim=1)
+        x = x + pos_embed
+    return model.pos_drop(x)
+
+
 def _normalize_indices(indices: Sequence[int], depth: int, name: str) -> tuple[int, ...]:
     try:
         items = tuple(indices)
@@ -103,7 +219,15 @@ class TimmViTBackbone(nn.Module):
         drop_path_rate: stochastic-depth rate passed to timm.
         img_size: ``img_size`` passed to timm (sets the stored positional-embedding grid); ``None``
             keeps the model's default.
-        dynamic_img_size: let timm resample the positional embedding to each input size.
+        dynamic_img_size: accept any input size (multiple of the patch size), resampling the positional
+            embedding to each token grid.
+        pos_embed_interp: how the positional embedding is resampled when the token grid differs from
+            the stored one (:func:`resample_pos_embed`): ``"timm"`` (default here; timm's antialiased
+            bicubic, kernel :math:`a = -0.5`) or ``"bicubic"`` (plain ``F.interpolate`` bicubic,
+            ``align_corners=False``, no antialias, :math:`a = -0.75`: the official CoSA kernel; needs a
+            timm ``VisionTransformer`` and ``dynamic_img_size=True``). Prefix (class / register) entries
+            are never resampled, and a grid equal to the stored one uses the stored embedding as is. The
+            method builders pass their official kernel (``cosa``: ``"bicubic"``).
         **timm_kwargs: further ``timm.create_model`` keyword arguments.
 
     Shape:
@@ -113,7 +237,9 @@ class TimmViTBackbone(nn.Module):
 
     Raises:
         ImportError: timm cannot be imported.
-        ValueError: bad ``out_indices`` / ``attn_indices``, non-square patches, or (in ``forward``) an
+        ValueError: bad ``out_indices`` / ``attn_indices``, non-square patches, an unknown
+            ``pos_embed_interp`` (or ``"bicubic"`` without ``dynamic_img_size`` or on a model that is not a
+            timm ``VisionTransformer``), or (in ``forward``) an
             input ``x`` that is not ``(B, in_chans, H, W)`` with sides multiple of the patch size.
 
     Attributes:
@@ -123,6 +249,7 @@ class TimmViTBackbone(nn.Module):
         attn_heads: attention heads of the blocks.
         patch_size: patch side in pixels.
         num_prefix_tokens: class + register tokens of the model.
+        pos_embed_interp: the resampling mode (``"timm"`` or ``"bicubic"``).
 
     Example:
         >>> vit = wsseg.backbones.TimmViTBackbone("test_vit", attn_indices=(-1,))
@@ -138,9 +265,15 @@ class TimmViTBackbone(nn.Module):
     def __init__(self, model_name: str = "vit_small_patch14_dinov2", *, weights: str | PathLike | None = None,
                  out_indices: Sequence[int] = (-1,), attn_indices: Sequence[int] = (),
                  drop_path_rate: float = 0.0, img_size: int | tuple[int, int] | None = None,
-                 dynamic_img_size: bool = True, **timm_kwargs: Any) -> None:
+                 dynamic_img_size: bool = True, pos_embed_interp: str = "timm", **timm_kwargs: Any) -> None:
         super().__init__()
         import timm
+
+        if pos_embed_interp not in _POS_EMBED_INTERP:
+            raise ValueError(f"pos_embed_interp: expected one of {_POS_EMBED_INTERP}, got {pos_embed_interp!r}")
+        if pos_embed_interp != "timm" and not dynamic_img_size:
+            raise ValueError(f"pos_embed_interp: {pos_embed_interp!r} resamples per input size and needs "
+                             f"dynamic_img_size=True, got dynamic_img_size={dynamic_img_size!r}")
 
         kwargs = dict(pretrained=False, num_classes=0, dynamic_img_size=dynamic_img_size,
                       drop_path_rate=drop_path_rate)
@@ -154,6 +287,17 @@ class TimmViTBackbone(nn.Module):
                 raise ValueError(f"model_name: '{model_name}' is not a timm VisionTransformer-like model "
                                  f"(missing attribute '{attr}')")
         self.model_name = model_name
+        self.pos_embed_interp = pos_embed_interp
+        if pos_embed_interp != "timm":
+            from timm.models.vision_transformer import VisionTransformer
+
+            if not isinstance(self.model, VisionTransformer):
+                raise ValueError(f"pos_embed_interp: {pos_embed_interp!r} is implemented for timm "
+                                 f"VisionTransformer models, got {type(self.model).__name__} ('{model_name}'); "
+                                 f"use pos_embed_interp='timm'")
+            # timm's own _pos_embed resamples with antialias; this instance uses the chosen kernel instead
+            self.model._wsseg_pos_embed_interp = pos_embed_interp
+            self.model._pos_embed = types.MethodType(_pos_embed_with_backbone_resampling, self.model)
         self.drop_path_rate = float(drop_path_rate)
         self.dynamic_img_size = bool(dynamic_img_size)
         depth = len(self.model.blocks)
@@ -184,6 +328,21 @@ class TimmViTBackbone(nn.Module):
                 x = args[0] if args else kwargs["x"]
                 self._captured[index] = qk_logits(module, x, self.num_prefix_tokens)
         return hook
+
+    def pos_embed_for_grid(self, height: int, width: int) -> Tensor | None:
+        """The positional embedding added for a ``height`` × ``width`` token grid (prefix entries first),
+        resampled with :attr:`pos_embed_interp`; ``None`` when the model has no absolute embedding.
+
+        Shape:
+            - output: :math:`(1, P + \\text{height}\\cdot\\text{width}, C)`, :math:`P` = 0 for
+              ``no_embed_class`` models, else :attr:`num_prefix_tokens`.
+        """
+        m = self.model
+        if getattr(m, "pos_embed", None) is None:
+            return None
+        prefix = 0 if getattr(m, "no_embed_class", False) else self.num_prefix_tokens
+        return resample_pos_embed(m.pos_embed, (int(height), int(width)), tuple(m.patch_embed.grid_size),
+                                  num_prefix_tokens=prefix, mode=self.pos_embed_interp)
 
     def load_weights(self, path: str | PathLike, strict: bool = True):
         """Load a timm-layout checkpoint into :attr:`model` (fp16 → model dtype); see :func:`load_weights`."""
@@ -220,4 +379,4 @@ class TimmViTBackbone(nn.Module):
     def extra_repr(self) -> str:
         return (f"model_name={self.model_name!r}, out_indices={self.out_indices}, "
                 f"attn_indices={self.attn_indices}, drop_path_rate={self.drop_path_rate}, "
-                f"dynamic_img_size={self.dynamic_img_size}")
+                f"dynamic_img_size={self.dynamic_img_size}, pos_embed_interp={self.pos_embed_interp!r}")

@@ -101,7 +101,7 @@ class APCNet(ViTPCM):
 @register_model(name="apc")
 def apc(backbone: str = "vit_base_patch16_384", num_classes: int = 20, weights: str | os.PathLike | None = None, *,
         decoder_dim: int | None = None, pretrained: bool = False, encoder_dropout: float = 0.1,
-        img_size: int | tuple[int, int] | None = None, **kwargs: Any) -> APCNet:
+        img_size: int | tuple[int, int] | None = None, pos_embed_interp: str = "timm", **kwargs: Any) -> APCNet:
     """Build an :class:`APCNet` (registered as ``"apc"``; **experimental**) on any timm ViT.
 
     The encoder is built as in :func:`~wsseg.models.vitpcm`. ``decoder_dim`` and the pooling
@@ -115,6 +115,9 @@ def apc(backbone: str = "vit_base_patch16_384", num_classes: int = 20, weights: 
         pretrained: must stay ``False``.
         encoder_dropout: dropout inside the encoder blocks (vit-keras 0.1, as ViT-PCM [assumed kept]).
         img_size: ``img_size`` passed to timm.
+        pos_embed_interp: positional-embedding resampling (:func:`~wsseg.backbones.resample_pos_embed`).
+            APC has no public code; the default ``"timm"`` is ViT-PCM's (its official TensorFlow 2 bicubic
+            equals timm's resampling when upsampling), APC's base.
         **kwargs: :class:`ViTPCM` hyperparameters and further ``timm.create_model`` keyword arguments.
 
     Raises:
@@ -127,7 +130,8 @@ def apc(backbone: str = "vit_base_patch16_384", num_classes: int = 20, weights: 
         raise ValueError("decoder_dim: required for 'apc' (no published value; e.g. create_model('apc', ..., "
                          "decoder_dim=256))")
     own = _split_vitpcm_kwargs(kwargs)
-    enc = _vitpcm_backbone(backbone, weights, encoder_dropout, img_size, pretrained, **kwargs)
+    enc = _vitpcm_backbone(backbone, weights, encoder_dropout, img_size, pretrained,
+                           pos_embed_interp=pos_embed_interp, **kwargs)
     return APCNet(enc, num_classes, decoder_dim=decoder_dim, **own)
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.large_fov_head import LargeFOVHead
+from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
 from ._param_groups import encoder_head_param_groups
 from .registry import register_model
@@ -145,8 +146,6 @@ class CoSANet(nn.Module):
         """Resize ``x`` (bilinear) so both sides are the nearest multiples of :attr:`stride`; identity when
         they already are (always the case at the official crop 448 and scales 0.5 / 1.5). Used for inputs
         whose size is set by a scale factor; resize outputs back to the intended size afterwards."""
-        from ..training.tscd import fit_to_stride
-
         return fit_to_stride(x, self.stride)
 
     # ------------------------------------------------------------------ forward
@@ -214,14 +213,15 @@ class CoSANet(nn.Module):
 def cosa(backbone: str = "vit_base_patch16_224", num_classes: int = 20, weights: str | os.PathLike | None = None,
          *, pretrained: bool = False, aux_layer: int = -3, freeze_pos_embed: bool = True, pooling: str = "gmp",
          cam_detach: str = "none", hidden_channels: int = 512, img_size: int | tuple[int, int] | None = None,
-         drop_path_rate: float = 0.0, **backbone_kwargs: Any) -> CoSANet:
+         drop_path_rate: float = 0.0, pos_embed_interp: str = "bicubic", **backbone_kwargs: Any) -> CoSANet:
     """Build a :class:`CoSANet` (registered as ``"cosa"``) on any timm ViT.
 
     The encoder is a :class:`~wsseg.backbones.TimmViTBackbone` returning block ``aux_layer`` (raw
     residual stream) and the last block (after the final norm), built exactly like the ViT encoders of
     ``"tscd"`` (same weights loading: strict, fp16 → fp32, nothing downloaded). Faithful settings
     (:func:`cosa_vit_b16`): ``vit_base_patch16_224`` (LayerNorm eps 1e-6, qkv bias), ``aux_layer=-3``,
-    frozen positional embedding, GMP, LargeFOV width 512, no drop-path. Any timm ViT works, e.g.
+    frozen positional embedding resampled with plain bicubic, GMP, LargeFOV width 512, no drop-path. Any
+    timm ViT works, e.g.
     ``"vit_small_patch14_dinov2"`` with ``weights=".../dinov2_vits14_imgfocus_fp16.pth"`` or ``"test_vit"``.
 
     Args:
@@ -232,6 +232,12 @@ def cosa(backbone: str = "vit_base_patch16_224", num_classes: int = 20, weights:
         aux_layer, freeze_pos_embed, pooling, cam_detach, hidden_channels: see :class:`CoSANet`.
         img_size: ``img_size`` passed to timm (stored positional-embedding grid); ``None`` = default.
         drop_path_rate: stochastic depth of the encoder (official 0).
+        pos_embed_interp: positional-embedding resampling when the token grid differs from the stored
+            one (:func:`~wsseg.backbones.resample_pos_embed`). Official ``"bicubic"``: plain
+            ``F.interpolate(mode="bicubic", align_corners=False)``, cubic kernel :math:`a = -0.75`, as the
+            official ``prepare_tokens``; ``"timm"`` is timm's antialiased resampling (:math:`a = -0.5`).
+            At the official crop 448 the grid is 28 × 28 from a stored 14 × 14, so this choice changes
+            every forward.
         **backbone_kwargs: further ``timm.create_model`` keyword arguments.
 
     Raises:
@@ -258,7 +264,8 @@ def cosa(backbone: str = "vit_base_patch16_224", num_classes: int = 20, weights:
         raise ValueError(f"backbone: CoSA needs a timm ViT model name (e.g. 'vit_base_patch16_224'), got {backbone!r}")
     _check_aux_layer(aux_layer, _vit_depth(backbone))
     enc = _build_backbone(backbone, weights=weights, strides=None, drop_path_rate=drop_path_rate,
-                          out_indices=(aux_layer, -1), num_attn_maps=0, img_size=img_size, **backbone_kwargs)
+                          out_indices=(aux_layer, -1), num_attn_maps=0, img_size=img_size,
+                          pos_embed_interp=pos_embed_interp, **backbone_kwargs)
     return CoSANet(enc, num_classes, hidden_channels=hidden_channels, aux_layer=aux_layer,
                    freeze_pos_embed=freeze_pos_embed, pooling=pooling, cam_detach=cam_detach)
 
@@ -268,7 +275,8 @@ def cosa_vit_b16(num_classes: int = 20, weights: str | os.PathLike | None = None
     """The faithful CoSA preset: :func:`cosa` with ``backbone="vit_base_patch16_224"``.
 
     ViT-B/16 (12 blocks, 12 heads, MLP ratio 4, qkv bias, LayerNorm eps 1e-6, no dropout / drop-path),
-    aux block −3, frozen positional embedding, GMP classifiers, LargeFOV (512, dilation 5). The official
+    aux block −3, frozen positional embedding resampled with plain bicubic (``pos_embed_interp="bicubic"``),
+    GMP classifiers, LargeFOV (512, dilation 5). The official
     weights are timm's ``jx_vit_base_p16_224-80ecf9dd.pth`` (ImageNet-21k → 1k); pass their path as
     ``weights``.
 

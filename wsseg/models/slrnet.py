@@ -15,6 +15,7 @@ from ..layers.gci_head import GCIHead
 from ..layers.low_rank_factorization import LowRankFactorization
 from ..layers.prototype_init import PrototypeInit
 from ..layers.slrnet_aux_head import SLRNetAuxHead
+from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
 from .registry import register_model
 
@@ -177,8 +178,6 @@ class SLRNet(nn.Module):
         patch = getattr(self.backbone, "patch_size", None)
         if patch is None:
             return x
-        from ..training.tscd import fit_to_stride
-
         return fit_to_stride(x, int(patch))
 
     # ------------------------------------------------------------------ forward
@@ -278,12 +277,14 @@ class SLRNet(nn.Module):
 
 # ---------------------------------------------------------------------- builders
 def _build_backbone(backbone: str, weights: str | os.PathLike | None, vit_skip_layer: int | None,
-                    **backbone_kwargs: Any) -> nn.Module:
+                    pos_embed_interp: str = "timm", **backbone_kwargs: Any) -> nn.Module:
     if not isinstance(backbone, str):
         raise TypeError(f"backbone: expected a model name (str), got {type(backbone).__name__}")
     if weights is not None and not os.path.isfile(weights):
         raise ValueError(f"weights: file not found: {weights}")
     m = _RESNET38D.match(backbone)
+    if m and pos_embed_interp != "timm":
+        raise ValueError(f"pos_embed_interp: only for ViT backbones, got {pos_embed_interp!r} with {backbone!r}")
     if m:
         from ..backbones import resnet38d
 
@@ -301,6 +302,8 @@ def _build_backbone(backbone: str, weights: str | os.PathLike | None, vit_skip_l
     if depth is None:
         if vit_skip_layer is not None:
             raise ValueError(f"vit_skip_layer: only for ViT backbones, got {vit_skip_layer!r} with {backbone!r}")
+        if pos_embed_interp != "timm":
+            raise ValueError(f"pos_embed_interp: only for ViT backbones, got {pos_embed_interp!r} with {backbone!r}")
         # a CNN: the stride-4 stage as the shallow map (WR38's conv3 role), the last stage as the deep map
         return TimmCNNBackbone(backbone, weights=weights, out_indices=(1, -1), **backbone_kwargs)
     skip = max(0, round(depth / 4) - 1) if vit_skip_layer is None else vit_skip_layer
@@ -308,14 +311,15 @@ def _build_backbone(backbone: str, weights: str | os.PathLike | None, vit_skip_l
         raise ValueError(f"vit_skip_layer: expected a block index in [{-depth}, {depth - 1}) for a {depth}-block "
                          f"ViT, got {vit_skip_layer!r}")
     return TimmViTBackbone(backbone, weights=weights, out_indices=(skip % depth, depth - 1), attn_indices=(),
-                           **backbone_kwargs)
+                           pos_embed_interp=pos_embed_interp, **backbone_kwargs)
 
 
 @register_model(name="slrnet")
 def slrnet(backbone: str = "resnet38d", num_classes: int = 20, weights: str | os.PathLike | None = None, *,
            pretrained: bool = False, feature_dim: int = 256, aspp_dilations: Sequence[int] = (1, 12, 24, 36),
            sg_alpha: float = 0.3, lowrank_iters: int = 1, temperature: float = 1.0, normalize_tokens: bool = False,
-           detach_init: bool = True, vit_skip_layer: int | None = None, **backbone_kwargs: Any) -> SLRNet:
+           detach_init: bool = True, vit_skip_layer: int | None = None, pos_embed_interp: str = "timm",
+           **backbone_kwargs: Any) -> SLRNet:
     """Build an :class:`SLRNet` (registered as ``"slrnet"``).
 
     Backbones:
@@ -345,12 +349,15 @@ def slrnet(backbone: str = "resnet38d", num_classes: int = 20, weights: str | os
         feature_dim, aspp_dilations, sg_alpha, lowrank_iters, temperature, normalize_tokens, detach_init:
             see :class:`SLRNet`.
         vit_skip_layer: ViT block of the skip / shallow map (ignored for WideResNet-38).
+        pos_embed_interp: ViT backbones only: positional-embedding resampling
+            (:func:`~wsseg.backbones.resample_pos_embed`). SLRNet has no official ViT code; the default
+            ``"timm"`` is timm's own resampling (``"bicubic"``: plain PyTorch bicubic, CoSA's kernel).
         **backbone_kwargs: further :func:`~wsseg.backbones.resnet38d` / ``TimmViTBackbone`` arguments.
 
     Raises:
         TypeError: if ``backbone`` is not a string.
-        ValueError: for an unknown backbone, ``pretrained=True``, a missing ``weights`` file or a
-            ``vit_skip_layer`` out of range.
+        ValueError: for an unknown backbone, ``pretrained=True``, a missing ``weights`` file, a
+            ``vit_skip_layer`` out of range or a ``pos_embed_interp`` other than ``"timm"`` for a non-ViT.
 
     Example:
         >>> net = slrnet("test_vit", num_classes=3, feature_dim=16)
@@ -363,7 +370,7 @@ def slrnet(backbone: str = "resnet38d", num_classes: int = 20, weights: str | os
     """
     if pretrained:
         raise ValueError("pretrained: wsseg never downloads weights; pass weights=<path to a checkpoint>")
-    enc = _build_backbone(backbone, weights, vit_skip_layer, **backbone_kwargs)
+    enc = _build_backbone(backbone, weights, vit_skip_layer, pos_embed_interp=pos_embed_interp, **backbone_kwargs)
     return SLRNet(enc, num_classes, feature_dim=feature_dim, aspp_dilations=aspp_dilations, sg_alpha=sg_alpha,
                   lowrank_iters=lowrank_iters, temperature=temperature, normalize_tokens=normalize_tokens,
                   detach_init=detach_init)

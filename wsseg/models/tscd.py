@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
 from ._param_groups import encoder_head_param_groups
 from .registry import register_model
@@ -148,8 +149,6 @@ class TSCDNet(nn.Module):
         """Resize ``x`` (bilinear) to the nearest size satisfying :attr:`input_constraints`; identity if
         it already does (always the case for MiT at the official crop). Used for inputs whose size is set
         by a scale factor (TSCD's 0.3× view, CAM scales, evaluation images); resize outputs back."""
-        from ..training.tscd import fit_to_stride
-
         multiple, min_size = self.input_constraints
         return fit_to_stride(x, multiple, min_size)
 
@@ -289,7 +288,7 @@ def tscd(backbone: str = "mit_b1", num_classes: int = 20, weights: str | os.Path
          pretrained: bool = False, strides: Sequence[int] | None = None, pooling: str = "gmp",
          decoder_dim: int = 256, decoder_dropout: float = 0.1, drop_path_rate: float = 0.1,
          out_indices: Sequence[int] | None = None, num_attn_maps: int = 2, symmetrize_affinity: bool = False,
-         cam_runs_decoder: bool = True, **backbone_kwargs: Any) -> TSCDNet:
+         cam_runs_decoder: bool = True, pos_embed_interp: str = "timm", **backbone_kwargs: Any) -> TSCDNet:
     """Build a :class:`TSCDNet` (registered as ``"tscd"``).
 
     Faithful preset: ``backbone="mit_b1"`` with patch-embedding strides (4, 2, 2, 1) (stage strides 4, 8,
@@ -308,6 +307,9 @@ def tscd(backbone: str = "mit_b1", num_classes: int = 20, weights: str | os.Path
             see :class:`TSCDNet`.
         drop_path_rate: stochastic depth of the encoder (official 0.1).
         out_indices: ViT blocks whose outputs feed the decoder (default: four evenly spaced).
+        pos_embed_interp: ViT backbones only: positional-embedding resampling
+            (:func:`~wsseg.backbones.resample_pos_embed`). TSCD's official encoder is MiT (no absolute
+            positional embedding); the default ``"timm"`` is timm's own resampling.
         **backbone_kwargs: forwarded to the backbone builder.
 
     Raises:
@@ -320,6 +322,10 @@ def tscd(backbone: str = "mit_b1", num_classes: int = 20, weights: str | os.Path
     """
     if pretrained:
         raise ValueError("pretrained: wsseg never downloads weights; pass weights=<path to a checkpoint>")
+    if pos_embed_interp != "timm":
+        if backbone.startswith("mit_"):
+            raise ValueError(f"pos_embed_interp: only for ViT backbones, got {pos_embed_interp!r} with {backbone!r}")
+        backbone_kwargs["pos_embed_interp"] = pos_embed_interp
     enc = _build_backbone(backbone, weights=weights, strides=strides, drop_path_rate=drop_path_rate,
                           out_indices=out_indices, num_attn_maps=num_attn_maps, **backbone_kwargs)
     return TSCDNet(enc, num_classes, decoder_dim=decoder_dim, decoder_dropout=decoder_dropout, pooling=pooling,

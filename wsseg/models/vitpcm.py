@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..layers.adaptive_k_pooling import AdaptiveKPooling
 from ..layers.hv_bilstm import HVBiLSTM
 from ..layers.patch_classifier import PatchClassifier
+from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
 from .registry import register_model
 
@@ -146,8 +147,6 @@ class ViTPCM(nn.Module):
 
     def fit_input(self, x: Tensor) -> Tensor:
         """Resize ``x`` (bilinear) so both sides are multiples of :attr:`stride` (identity when they are)."""
-        from ..training.tscd import fit_to_stride
-
         return fit_to_stride(x, self.stride)
 
     def l2_penalty(self) -> Tensor:
@@ -240,7 +239,7 @@ def _vitpcm_backbone(backbone: str, weights: str | os.PathLike | None, encoder_d
 @register_model(name="vitpcm")
 def vitpcm(backbone: str = "vit_base_patch16_384", num_classes: int = 20, weights: str | os.PathLike | None = None,
            *, pretrained: bool = False, encoder_dropout: float = 0.1, img_size: int | tuple[int, int] | None = None,
-           **kwargs: Any) -> ViTPCM:
+           pos_embed_interp: str = "timm", **kwargs: Any) -> ViTPCM:
     """Build a :class:`ViTPCM` (registered as ``"vitpcm"``) on any timm ViT.
 
     The encoder is a :class:`~wsseg.backbones.TimmViTBackbone` returning the last block after the final norm
@@ -255,6 +254,12 @@ def vitpcm(backbone: str = "vit_base_patch16_384", num_classes: int = 20, weight
         pretrained: must stay ``False``.
         encoder_dropout: dropout inside the encoder blocks (vit-keras 0.1).
         img_size: ``img_size`` passed to timm; ``None`` keeps the model's default.
+        pos_embed_interp: positional-embedding resampling when the token grid differs from the stored
+            one (:func:`~wsseg.backbones.resample_pos_embed`). Default ``"timm"``: the official vit-keras
+            fork resizes with TensorFlow 2's ``tf.image.resize(method="bicubic")`` (Keys :math:`a = -0.5`,
+            renormalised border taps), which timm's resampling equals when upsampling; the official
+            training never resamples (view 1 and the 2 × 2 mosaic are 384², the stored grid).
+            ``"bicubic"`` = plain PyTorch bicubic (:math:`a = -0.75`).
         **kwargs: :class:`ViTPCM` hyperparameters (``hidden``, ``dropout``, ``k_mode``, ...) and further
             ``timm.create_model`` keyword arguments.
 
@@ -266,7 +271,8 @@ def vitpcm(backbone: str = "vit_base_patch16_384", num_classes: int = 20, weight
         ViT-PCM, Rossetti et al. ECCV 2022; github.com/deepplants/ViT-PCM, model.py (``get_model``, ``ViT``).
     """
     own = _split_vitpcm_kwargs(kwargs)
-    enc = _vitpcm_backbone(backbone, weights, encoder_dropout, img_size, pretrained, **kwargs)
+    enc = _vitpcm_backbone(backbone, weights, encoder_dropout, img_size, pretrained,
+                           pos_embed_interp=pos_embed_interp, **kwargs)
     return ViTPCM(enc, num_classes, **own)
 
 
