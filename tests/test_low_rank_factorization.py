@@ -351,3 +351,71 @@ def test_extra_repr_and_state_dict():
     assert "eps=1e-06, detach=True" in repr(PrototypeInit())
     assert sorted(module.state_dict()) == ["transform1.bias", "transform1.weight", "transform2.bias",
                                            "transform2.weight"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# memory layout: masks drawn after the factorisation land on the official elements
+
+
+@pytest.mark.parametrize("sizes", [((9, 7), (4, 3)), ((6, 6),)])
+def test_dropout_after_factorisation_draws_the_mask_of_a_contiguous_copy(sizes):
+    ours, _ = _pair(16, dtype=torch.float32)
+    views = _views(sizes=sizes, dtype=torch.float32)
+    d0 = torch.randn(2, 5, 16)
+    outs = ours(views if len(views) > 1 else views[0], d0).out
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    for o in outs:
+        assert torch.ones_like(o).is_contiguous()  # NCHW memory order, not channels-last
+        torch.manual_seed(3)
+        a = F.dropout(torch.ones_like(o), 0.3)
+        torch.manual_seed(3)
+        b = F.dropout(torch.ones_like(o.contiguous()), 0.3)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.manual_seed(4)
+        a = F.dropout2d(F.conv2d(o, torch.ones(4, 16, 1, 1)), 0.5)  # a conv then a dropout, as last_conv
+        torch.manual_seed(4)
+        b = F.dropout2d(F.conv2d(o.contiguous(), torch.ones(4, 16, 1, 1)), 0.5)
+        torch.testing.assert_close(a != 0, b != 0, rtol=0, atol=0)
+
+
+def test_same_seed_same_masks_as_the_official_cross_view():
+    ours, ref = _pair(16, dtype=torch.float32)
+    views = _views(dtype=torch.float32)
+    d0 = torch.randn(2, 5, 16)
+    outs = ours(views, d0).out
+    ref_outs, _, _ = official_cross_view(ref, views, d0.transpose(1, 2))
+    for o, r in zip(outs, ref_outs, strict=True):
+        torch.manual_seed(5)
+        mo = F.dropout(torch.ones_like(o), 0.3)
+        torch.manual_seed(5)
+        mr = F.dropout(torch.ones_like(r), 0.3)
+        torch.testing.assert_close(mo, mr, rtol=0, atol=0)
+
+
+def test_token_views_stay_token_first():
+    ours, _ = _pair(16, dtype=torch.float32)
+    out = ours(torch.randn(2, 30, 16), torch.randn(2, 5, 16)).out
+    assert out.is_contiguous() and out.shape == (2, 30, 16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# dtypes
+
+
+def test_dtype_mismatch_names_argument_expected_and_received():
+    lrf = LowRankFactorization(16)
+    x, d0 = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 16)
+    with pytest.raises(TypeError, match=r"x: expected dtype torch.float32 .*got torch.float64"):
+        lrf(x.double(), d0)
+    with pytest.raises(TypeError, match=r"x\[0\]: expected dtype torch.float32 .*got torch.float16"):
+        lrf([x.half(), x.half()], d0)
+    with pytest.raises(TypeError, match=r"init_dict: expected dtype torch.float32 .*got torch.float64"):
+        lrf(x, d0.double())
+
+
+def test_float64_module_gradcheck_through_maps():
+    lrf = LowRankFactorization(4, num_iters=2).double()
+    x = torch.randn(1, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(1, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    d0 = torch.randn(1, 3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: torch.cat([o.flatten() for o in lrf([a, b], d0).out]), (x, x2))

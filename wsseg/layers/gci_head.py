@@ -48,10 +48,16 @@ def stochastic_gate(deep: Tensor, shallow: Tensor, *, alpha: float = 0.3, traini
     Note the official asymmetry: in training :math:`\mathbb E[x] = d` (the deep features alone), at test
     time the mix :math:`(1-\alpha) d + \alpha s`. As officially, the mask is drawn by
     ``(1 - α) · dropout(ones, α)`` (so its non-zero value is :math:`(1-\alpha)/(1-\alpha)` in floating
-    point); with ``generator=None`` this uses :func:`torch.nn.functional.dropout` and torch's global RNG
-    (bit-identical to the official code under the same seed, on CPU and CUDA); with a
-    :class:`torch.Generator` the Bernoulli draw uses that generator (on CPU the same numbers as the global
-    RNG with the same seed). ``alpha = 0`` returns ``deep`` and draws nothing.
+    point); with ``generator=None`` this uses :func:`torch.nn.functional.dropout` on
+    ``torch.ones_like(deep)`` and torch's global RNG, as the official code; with a :class:`torch.Generator`
+    the Bernoulli draw uses that generator (on CPU the same numbers as the global RNG with the same seed).
+    ``alpha = 0`` returns ``deep`` and draws nothing.
+
+    **What "same seed, same mask" needs.** The mask takes the memory layout of ``deep`` and torch fills it
+    in memory order, so the same seed gives the official mask bit for bit (CPU and CUDA) only when
+    ``deep`` is laid out as the official one: NCHW-ordered, as the output maps of
+    :class:`~wsseg.layers.LowRankFactorization` are. On a channels-last ``deep`` the same random numbers
+    land on other elements (the same distribution, another mask).
 
     Args:
         deep: deep features :math:`d` (SLRNet: the factorised features).

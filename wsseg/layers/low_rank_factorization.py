@@ -189,6 +189,15 @@ class LowRankFactorization(nn.Module):
     come back per view in the same layout, codes as ``(B, K, N_i)`` or ``(B, K, H_i, W_i)``. SLRNet
     trains with two views (81×81 and the 0.5× view, 40×40) and tests single-view.
 
+    **Memory layout.** When every view is a map, the views are joined channel-first and the output maps
+    are NCHW-ordered views of one ``(B, d, N_1 + N_2 + ...)`` buffer, as in the official code (not
+    channels-last): ``torch.ones_like`` / dropout masks drawn on them afterwards (the stochastic gate, the
+    segmentation head's dropouts) fill the same elements as the official run under the same seed. Token
+    views ``(B, N, d)`` come back token-first.
+
+    **Dtypes.** Inputs must have the parameters' dtype (float32 by default; ``.double()`` the module for
+    float64, e.g. :func:`torch.autograd.gradcheck`); under autocast both are cast by autocast.
+
     Initialisation as the official code: PyTorch's default :class:`torch.nn.Linear` initialisation (the
     official ``init_weights`` only re-initialises convolutions and BN). The parameter names
     ``transform1`` (:math:`W_1`) and ``transform2`` (:math:`W_2`) are the official ones, so the official
@@ -211,8 +220,8 @@ class LowRankFactorization(nn.Module):
           :math:`(B, K, d)`
 
     Raises:
-        TypeError: if a hyperparameter has the wrong type, an input is not a floating-point tensor, or
-            ``x`` is neither a tensor nor a sequence of tensors.
+        TypeError: if a hyperparameter has the wrong type, an input is not a floating-point tensor or not of
+            the parameters' dtype (outside autocast), or ``x`` is neither a tensor nor a sequence of tensors.
         ValueError: if a hyperparameter is out of range, a view is not 3-D/4-D or has not ``dim``
             features, the views differ in batch size, dtype or device, ``init_dict`` is not
             ``(B, K, dim)``, or ``x`` is an empty sequence.
@@ -285,6 +294,13 @@ class LowRankFactorization(nn.Module):
                 raise ValueError(f"{name}: expected at least one token, got shape {tuple(v.shape)}")
         return tokens, sizes, single
 
+    def _check_dtype(self, dtype: torch.dtype, name: str, device: torch.device) -> None:
+        """Inputs must have the parameters' dtype (outside autocast, which casts both itself)."""
+        expected = self.transform1.weight.dtype
+        if dtype != expected and not torch.is_autocast_enabled(device.type):
+            raise TypeError(f"{name}: expected dtype {expected} (that of the module's parameters; cast the module "
+                            f"with .to({dtype}) or the input with .to({expected})), got {dtype}")
+
     def forward(self, x: Tensor | Sequence[Tensor], init_dict: Tensor) -> LowRankOutput:
         """Factorise the view(s) ``x`` with the dictionary initialised from ``init_dict (B, K, d)``."""
         tokens, sizes, single = self._views(x)
@@ -295,6 +311,8 @@ class LowRankFactorization(nn.Module):
                              f"got {tuple(init_dict.shape)}")
         if init_dict.device != tokens[0].device:
             raise ValueError(f"init_dict: expected device {tokens[0].device} (that of x), got {init_dict.device}")
+        self._check_dtype(tokens[0].dtype, "x" if single else "x[0]", tokens[0].device)
+        self._check_dtype(init_dict.dtype, "init_dict", tokens[0].device)
         if self.detach_init:
             init_dict = init_dict.detach()
 
@@ -304,10 +322,19 @@ class LowRankFactorization(nn.Module):
         out = torch.add(idn, F.linear(recon, self.transform2.weight, self.transform2.bias)).relu_()
 
         lengths = [t.shape[1] for t in tokens]
-        outs = out.split(lengths, dim=1) if len(tokens) > 1 else (out,)
         codes_v = codes.split(lengths, dim=2) if len(tokens) > 1 else (codes,)
-        outs = tuple(o if s is None else rearrange(o, "b (h w) d -> b d h w", h=s[0], w=s[1])
-                     for o, s in zip(outs, sizes, strict=True))
+        if all(s is not None for s in sizes):
+            # maps: one channel-first copy (B, d, N1 + N2 + ...), split into NCHW-ordered views as the official
+            # Net.forward lays them out (not channels-last): torch fills dropout / Bernoulli masks in memory
+            # order, so the same seed then draws the official mask elements downstream (the stochastic gate,
+            # the head's dropouts; convolutions keep the layout of their input)
+            out = rearrange(out, "b n d -> b d n").contiguous()
+            outs = out.split(lengths, dim=2) if len(tokens) > 1 else (out,)
+            outs = tuple(rearrange(o, "b d (h w) -> b d h w", h=s[0], w=s[1]) for o, s in zip(outs, sizes, strict=True))
+        else:
+            outs = out.split(lengths, dim=1) if len(tokens) > 1 else (out,)
+            outs = tuple(o if s is None else rearrange(o, "b (h w) d -> b d h w", h=s[0], w=s[1])
+                         for o, s in zip(outs, sizes, strict=True))
         codes_v = tuple(c if s is None else rearrange(c, "b k (h w) -> b k h w", h=s[0], w=s[1])
                         for c, s in zip(codes_v, sizes, strict=True))
         if single:
