@@ -517,3 +517,83 @@ def test_training_smoke_loss_decreases():
         assert math.isfinite(logs["loss"])
         cls.append(logs["loss_cls"])
     assert np.mean(cls[-8:]) < np.mean(cls[:8]) - 0.05
+
+
+# ---------------------------------------------------------------------- the classification-only phase's passes
+def _official_phase_iteration(net, batch, recipe):
+    """The official loop body (tscd.md §7.2) at ``n_iter <= cam_iters``, as far as it draws random numbers or
+    updates BatchNorm statistics: forward of the crop, multi-scale CAM of the crop, the 0.3× view's forward and
+    multi-scale CAM, the two SCD point grids (the loss terms themselves are multiplied by 0)."""
+    from tests.reference.official_multi_scale_cam import official_multi_scale_cam
+
+    x = batch["image"]
+    out = net(x)
+    official_multi_scale_cam(net.cam, x, recipe.cam_scales)
+    x2 = F.interpolate(x, scale_factor=0.3, mode="bilinear", align_corners=True)
+    net(x2)
+    official_multi_scale_cam(net.cam, x2, recipe.cam_scales)
+    s = recipe.scd_num_samples
+    torch.rand((x.shape[0], s, s, 2))  # grid of view 1
+    torch.rand((x.shape[0], s, s, 2))  # grid of view 2
+    return out
+
+
+def _bn_state(net):
+    return {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+def test_cls_only_phase_runs_the_official_passes_by_default():
+    phase_step = 3
+    recipe = _fast_recipe(crop_size=224, cam_iters=5)
+    assert recipe.cam_phase_passes == "official"
+    batch = _batch(size=224)
+    ours, ref = _net("mit_b0"), _net("mit_b0")  # drop-path 0.1: every train-mode pass draws random numbers
+    tracked = ours.decoder.fuse[1].num_batches_tracked.item()
+    torch.manual_seed(11)
+    loss, logs = TSCDTrainingStep(recipe)(ours, batch, step=phase_step)
+    rng_ours = torch.get_rng_state()
+    torch.manual_seed(11)
+    out = _official_phase_iteration(ref, batch, recipe)
+    rng_ref = torch.get_rng_state()
+    assert torch.equal(rng_ours, rng_ref)  # same random stream after the iteration
+    bn_ours, bn_ref = _bn_state(ours), _bn_state(ref)
+    assert bn_ours.keys() == bn_ref.keys() and bn_ours
+    for k in bn_ours:
+        torch.testing.assert_close(bn_ours[k], bn_ref[k], rtol=0, atol=0)
+    # 1 + 3 + 1 + 3 = 8 decoder BN updates per iteration, as officially
+    assert ours.decoder.fuse[1].num_batches_tracked.item() == tracked + 8
+    assert sorted(logs) == ["loss", "loss_cls"]
+    assert loss.item() == pytest.approx(F.multilabel_soft_margin_loss(out.cls, batch["label"]).item(), rel=1e-6)
+
+
+def test_cls_only_phase_skip_option_runs_one_forward():
+    recipe = _fast_recipe(crop_size=224, cam_iters=5, cam_phase_passes="skip")
+    batch = _batch(size=224)
+    ours, ref = _net("mit_b0"), _net("mit_b0")
+    tracked = ours.decoder.fuse[1].num_batches_tracked.item()
+    torch.manual_seed(12)
+    TSCDTrainingStep(recipe)(ours, batch, step=2)
+    rng_ours = torch.get_rng_state()
+    torch.manual_seed(12)
+    ref(batch["image"])
+    assert torch.equal(rng_ours, torch.get_rng_state())
+    assert ours.decoder.fuse[1].num_batches_tracked.item() == tracked + 1
+    for k, v in _bn_state(ours).items():
+        torch.testing.assert_close(v, _bn_state(ref)[k], rtol=0, atol=0)
+
+
+def test_cls_only_phase_gradients_do_not_depend_on_the_passes():
+    batch = _batch(size=224)
+    grads = {}
+    for mode in ("official", "skip"):
+        net = _net("mit_b0", drop_path_rate=0.0)
+        loss, _ = TSCDTrainingStep(_fast_recipe(crop_size=224, cam_iters=5, cam_phase_passes=mode))(net, batch, 1)
+        loss.backward()
+        grads[mode] = [p.grad.clone() for p in net.parameters() if p.requires_grad]
+    for a, b in zip(grads["official"], grads["skip"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cam_phase_passes_validation():
+    with pytest.raises(ValueError, match="cam_phase_passes: expected one of .*'official', 'skip'.*got 'none'"):
+        TSCDRecipe(cam_phase_passes="none")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.image import denormalize
+from ..utils.stride import fit_to_stride  # re-exported: its documented path was wsseg.training
 from .distributed import unwrap_model
 from .method import TrainingMethod, check_training_batch, zero_weighted
 from .recipe import RecipeMixin
@@ -19,6 +20,7 @@ __all__ = ["TSCDMethod", "TSCDRecipe", "TSCDTrainingStep", "fit_to_stride", "tsc
 
 _RECIPES = ("tscd", "cam")
 _TEACHER_MODES = ("train", "eval")
+_CAM_PHASE_PASSES = ("official", "skip")
 _DENORMALIZE = ("truncate_uint8", "float")
 
 
@@ -79,6 +81,15 @@ class TSCDRecipe(RecipeMixin):
         denormalize: image de-normalisation for VARM, ``"truncate_uint8"`` (official) or ``"float"``.
         teacher_mode: network mode during the teacher CAM passes, ``"train"`` (official: drop-path active,
             BN statistics updated) or ``"eval"``.
+        cam_phase_passes: what runs besides :math:`L_{cls}` in the classification-only phase
+            (``step <= cam_iters``). ``"official"`` (default): as the official loop, the teacher CAM passes
+            of the crop, the 0.3× view's forward and its CAM passes and the SCD point draws all run (7 extra
+            network passes in train mode: the decoder's BatchNorm statistics get 8 updates per iteration
+            instead of 1, drop-path and SCD draw the official random numbers), without gradients, their
+            results multiplied by 0; so the random stream and BN statistics at ``cam_iters`` are those of an
+            official run with the same seed. ``"skip"``: the cheaper behaviour of earlier wsseg: only the
+            crop's forward runs (1 BN update, 1/6 of the drop-path draws, no SCD draws): same gradients,
+            another random stream from iteration 0 on. Costs: ``docs/methods/tscd.rst``.
         seed: random seed (official 1).
     """
 
@@ -124,6 +135,7 @@ class TSCDRecipe(RecipeMixin):
     energy_chunk_size: int = 4096
     denormalize: str = "truncate_uint8"
     teacher_mode: str = "train"
+    cam_phase_passes: str = "official"
     skip_zero_weighted_terms: bool = False
     seed: int = 1
     _pinned: tuple[str, ...] = field(default=(), repr=False, compare=False)
@@ -138,6 +150,8 @@ class TSCDRecipe(RecipeMixin):
             raise ValueError(f"recipe: expected one of {_RECIPES}, got {self.recipe!r}")
         if self.teacher_mode not in _TEACHER_MODES:
             raise ValueError(f"teacher_mode: expected one of {_TEACHER_MODES}, got {self.teacher_mode!r}")
+        if self.cam_phase_passes not in _CAM_PHASE_PASSES:
+            raise ValueError(f"cam_phase_passes: expected one of {_CAM_PHASE_PASSES}, got {self.cam_phase_passes!r}")
         if self.denormalize not in _DENORMALIZE:
             raise ValueError(f"denormalize: expected one of {_DENORMALIZE}, got {self.denormalize!r}")
         for name in ("crop_size", "batch_size", "iters", "pseudo_down_scale", "scd_num_samples",
@@ -191,32 +205,6 @@ class TSCDRecipe(RecipeMixin):
 
 
 # ---------------------------------------------------------------------- helpers
-def fit_to_stride(x: Tensor, multiple: int, min_size: int = 1) -> Tensor:
-    """Bilinearly resize ``x`` so both sides are multiples of ``multiple`` and at least ``min_size``.
-
-    Identity when the sides already qualify. Used for network inputs whose size is set by a scale factor
-    (TSCD's 0.3× view and its CAM scales): ViT backbones need sides that are multiples of the patch
-    size, MiT needs a minimum size. Every output is resized back to the intended size afterwards, so
-    for MiT at the official crop 512 this never changes anything.
-
-    Shape:
-        - x: :math:`(B, C, H, W)`.
-        - output: :math:`(B, C, H', W')`.
-    """
-    h, w = x.shape[-2:]
-
-    def fit(n: int) -> int:
-        m = max(1, int(round(n / multiple))) * multiple
-        while m < min_size:
-            m += multiple
-        return m
-
-    th, tw = fit(h), fit(w)
-    if (th, tw) == (h, w):
-        return x
-    return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
-
-
 def _fit_fn(model: nn.Module):
     """The model's ``fit_input`` (TSCDNet) or the identity."""
     return getattr(model, "fit_input", None) or (lambda x: x)
@@ -258,12 +246,15 @@ class TSCDTrainingStep:
        sum gives the parameters those terms reach (decoder, affinity head) the same **exact zero
        gradients** without computing the terms, so AdamW's weight decay and step counters behave as
        officially (``skip_zero_weighted_terms=True``: plain :math:`L = w_{cls} L_{cls}`, no gradient).
-       The seg forward still runs, so the decoder's BatchNorm statistics are updated by it; the teacher
-       CAM passes and the 0.3× view are not run in this phase (officially they are, adding 7 more BN
-       updates per iteration: this only changes the running statistics during the phase, which are
-       forgotten within a few iterations after it, momentum 0.1). NaN: a NaN/inf in seg or
-       :math:`\hat A` makes the loss NaN as officially (0·NaN = NaN); a NaN that only a skipped term would
-       produce does not. ``recipe="cam"``: :math:`L = w_{cls} L_{cls}` always (baseline, no zero term).
+       With ``cam_phase_passes="official"`` (default) the passes of steps 2-4 still run as officially,
+       without gradients (the teacher CAMs of :math:`x` and :math:`x'`, the forward of :math:`x'`, the SCD
+       point draws), and :math:`0 \cdot L_{SCD}` is added: the decoder's BatchNorm statistics get the
+       official 8 updates per iteration and drop-path / SCD consume the official random numbers; VARM, the
+       affinity, segmentation and energy terms (deterministic, no network pass) are not computed.
+       ``"skip"``: only the forward of :math:`x` runs. NaN: a NaN/inf in seg, :math:`\hat A` (or, by
+       default, :math:`L_{SCD}`) makes the loss NaN as officially (0·NaN = NaN); a NaN that only a skipped
+       term would produce does not. ``recipe="cam"``: :math:`L = w_{cls} L_{cls}` always (baseline, no
+       zero term).
     2. teacher :math:`M = \mathrm{MultiScaleCAM}(x)` (no grad; network in train mode, faithful).
     3. :math:`x' = \mathrm{resize}_{0.3}(x)` (bilinear, ``align_corners=True``); second forward **with
        gradients** → seg'; teacher :math:`M' = \mathrm{MultiScaleCAM}(x')`.
@@ -371,6 +362,23 @@ class TSCDTrainingStep:
         cam = self.teacher_cam(model, images)
         return cam, self.pseudo_label_from_cam(cam, images, labels, valid)
 
+    def _view_pair_scd(self, model: nn.Module, core: nn.Module, x: Tensor, y: Tensor, seg: Tensor,
+                       return_cam: bool = False):
+        """Steps 2-4 in the official order: teacher CAM of ``x``; if ``w_scd > 0``: the 0.3× view's forward, its
+        teacher CAM and :math:`L_{SCD}` (``None`` otherwise). ``seg`` is the crop's segmentation (upsampled
+        here if needed). Returns ``l_scd`` or ``(cam, l_scd)``."""
+        r = self.recipe
+        cam = self.teacher_cam(model, x)
+        l_scd = None
+        if r.w_scd > 0:
+            seg = _upsample(seg, x.shape[-2:])
+            x2 = F.interpolate(x, scale_factor=r.scd_scale, mode="bilinear", align_corners=True)
+            out2 = model(_fit_fn(core)(x2))
+            cam2 = self.teacher_cam(model, x2)
+            seg2 = _upsample(out2.seg, x2.shape[-2:])
+            l_scd = self.scd_loss(cam, cam2, seg, seg2, labels=y if r.scd_mask_absent_classes else None)
+        return (cam, l_scd) if return_cam else l_scd
+
     # -------------------------------------------------------------- the step
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         """``(loss, logs)`` of iteration ``step`` on ``batch`` (see the class description for the terms)."""
@@ -389,21 +397,20 @@ class TSCDTrainingStep:
         if step <= r.cam_iters:
             if not r.skip_zero_weighted_terms:
                 loss = loss + zero_weighted(out.seg, out.aff)
+            if r.cam_phase_passes == "official":
+                # the official loop's passes and random draws; results unused (weight 0, no gradient)
+                with torch.no_grad():
+                    l_scd = self._view_pair_scd(model, core, x, y, out.seg)
+                if l_scd is not None and not r.skip_zero_weighted_terms:
+                    loss = loss + 0.0 * l_scd
             logs["loss"] = float(loss.detach())
             return loss, logs
 
         H, W = x.shape[-2:]
-        # 2. teacher CAM of the crop (no grad)
-        cam = self.teacher_cam(model, x)
+        # 2.-4. teacher CAM of the crop (no grad), second view and SCD
         seg = _upsample(out.seg, (H, W))
-
-        # 3.-4. second view and SCD
-        if r.w_scd > 0:
-            x2 = F.interpolate(x, scale_factor=r.scd_scale, mode="bilinear", align_corners=True)
-            out2 = model(_fit_fn(core)(x2))
-            cam2 = self.teacher_cam(model, x2)
-            seg2 = _upsample(out2.seg, x2.shape[-2:])
-            l_scd = self.scd_loss(cam, cam2, seg, seg2, labels=y if r.scd_mask_absent_classes else None)
+        cam, l_scd = self._view_pair_scd(model, core, x, y, seg, return_cam=True)
+        if l_scd is not None:
             loss = loss + r.w_scd * l_scd
             logs["loss_scd"] = float(l_scd.detach())
 
