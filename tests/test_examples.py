@@ -54,10 +54,15 @@ def test_train_and_evaluate_smoke(tmp_path):
 @pytest.mark.slow
 def test_resume_and_cam_recipe(tmp_path):
     out = tmp_path / "run"
-    _run(["examples/train_scd.py", "--iters", "3", "--out", str(out), *TINY, "--ckpt-every", "1"])
+    _run(["examples/train_scd.py", "--iters", "5", "--stop-at", "3", "--out", str(out), *TINY, "--ckpt-every", "1"])
     _run(["examples/train_scd.py", "--iters", "5", "--out", str(out), "--resume", *TINY])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from"] == 3 and metrics["iters"] == 5
+    # a longer schedule is a new run, not a resume (refused, with what to do instead)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    res = subprocess.run([sys.executable, "examples/train_scd.py", "--iters", "7", "--out", str(out), "--resume",
+                          *TINY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "--iters: 5 -> 7" in res.stderr and "start a new run" in res.stderr
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
     cam_out = tmp_path / "cam"

@@ -22,6 +22,7 @@ from .loop import (
     load_checkpoint,
     move_batch,
     progress,
+    read_checkpoint,
     save_checkpoint,
     seed_everything,
 )
@@ -29,7 +30,7 @@ from .method import TrainingMethod, check_training_batch, zero_weighted
 from .recipe import RecipeMixin
 from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
 from .slrnet import SLRNetMethod, SLRNetRecipe, SLRNetTrainingStep
-from .trainer import TrainConfig, Trainer
+from .trainer import RESUME_MAY_CHANGE, RUN_FILES, TrainConfig, Trainer
 from .tscd import TSCDMethod, TSCDRecipe, TSCDTrainingStep, fit_to_stride, tscd_training_step
 from .vitpcm import ViTPCMMethod, ViTPCMRecipe, ViTPCMTrainingStep, vitpcm_pseudo_label
 
@@ -59,6 +60,8 @@ __all__: list[str] = [
     "TSCDMethod",
     "TSCDRecipe",
     "TSCDTrainingStep",
+    "RESUME_MAY_CHANGE",
+    "RUN_FILES",
     "TrainConfig",
     "Trainer",
     "TrainingMethod",
@@ -78,6 +81,7 @@ __all__: list[str] = [
     "load_checkpoint",
     "move_batch",
     "progress",
+    "read_checkpoint",
     "save_checkpoint",
     "seed_everything",
     "tscd_training_step",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +29,47 @@ from .distributed import (
     unwrap_model,
 )
 from .evaluation import evaluate_method, format_summary
-from .loop import CSVLogger, load_checkpoint, move_batch, progress, save_checkpoint
+from .loop import (
+    CSVLogger,
+    _load_states,
+    _rng_state,
+    _set_rng_state,
+    move_batch,
+    progress,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .method import TrainingMethod
 from .sampler import ResumableDistributedSampler, SeededSamples, collate_samples
 
-__all__ = ["TrainConfig", "Trainer"]
+__all__ = ["RESUME_MAY_CHANGE", "RUN_FILES", "TrainConfig", "Trainer"]
 
 _AMP = ("none", "bf16", "fp16")
+
+#: :class:`TrainConfig` fields a resumed run may change: how the run is executed, saved and reported,
+#: never what it computes. Every other field, the recipe, the method, the number of processes and the
+#: recorded command-line arguments (``extra["args"]``, minus the flags below) must equal the checkpoint's.
+RESUME_MAY_CHANGE: tuple[str, ...] = (
+    "out_dir", "resume", "overwrite", "stop_at", "ckpt_every", "eval_every", "num_workers", "threads", "device",
+    "compile", "tensorboard", "show_progress", "num_vis", "command")
+
+#: The files that make a folder "hold a run" (a new run there needs ``overwrite``).
+RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "log.csv", "metrics.json")
+
+# command-line arguments (extra["args"], the parsed flags of wsseg.training.cli) that a resume may change
+# (the flags of RESUME_MAY_CHANGE), that the recipe comparison covers, and that mirror refused engine fields
+_ARGS_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "stop_at", "ckpt_every", "eval_every", "num_workers",
+                              "threads", "device", "compile", "tensorboard", "no_progress", "num_vis"})
+_ARGS_IN_RECIPE = frozenset({"recipe", "overrides", "iters", "crop", "batch_size", "seed"})
+_ARGS_IN_ENGINE = frozenset({"amp", "sync_bn", "per_rank_seed", "eval_long_side", "eval_msc", "eval_crf",
+                             "max_eval_images"})
+_RECIPE_FLAGS = {"iters": "--iters", "crop_size": "--crop", "batch_size": "--batch-size", "seed": "--seed",
+                 "recipe": "--recipe"}
+_ENGINE_FLAGS = {"amp": "--amp", "sync_bn": "--sync-bn", "per_rank_seed": "--per-rank-seed",
+                 "eval_long_side": "--eval-long-side", "eval_inference": "--eval-msc", "eval_crf": "--eval-crf",
+                 "max_eval_images": "--max-eval-images"}
+_ALLOWED_FLAGS = ("--stop-at, --eval-every, --ckpt-every, --num-workers, --threads, --device, --compile, "
+                  "--tensorboard, --no-progress, --num-vis, --out")
 
 
 @dataclass
@@ -49,7 +86,14 @@ class TrainConfig:
         stop_at: stop after this many completed iterations (a checkpoint is written there, no final
             evaluation) while keeping the schedule of ``recipe.iters``; continue with ``resume``. For
             time-limited cluster jobs.
-        resume: ``None``, ``"auto"`` (``out_dir/checkpoint.pt``) or a checkpoint path.
+        resume: ``None``, ``"auto"`` (``out_dir/checkpoint.pt``) or a checkpoint path. The checkpoint is
+            verified (content hash, finite state) and its run configuration must equal this one except
+            for the fields in :data:`RESUME_MAY_CHANGE`; otherwise the resume is refused with the list of
+            differences. A checkpoint at the last iteration is not trained further: the final evaluation
+            is run again and ``metrics.json`` rewritten (same content).
+        overwrite: a new run (no ``resume``) into a folder that holds a run (any of :data:`RUN_FILES`) is
+            refused unless this is set; then the previous run's files are removed first (``checkpoint.pt``,
+            ``log.csv``, ``metrics.json``, ``vis/*.png``, ``tb/events.out.tfevents.*``, ``eval_*.json``).
         num_workers: data-loader worker processes.
         threads: ``torch.set_num_threads`` (None = torch's choice).
         tensorboard: also log to TensorBoard (``out_dir/tb``; needs the ``tensorboard`` package).
@@ -75,6 +119,7 @@ class TrainConfig:
     eval_every: int = 0
     stop_at: int | None = None
     resume: str | None = None
+    overwrite: bool = False
     num_workers: int = 0
     threads: int | None = None
     tensorboard: bool = False
@@ -119,8 +164,13 @@ class Trainer:
 
     Exact resume: the data order depends only on ``(seed, epoch, position)`` and each sample's
     augmentation only on ``(seed, epoch, index)``; model, optimizer, scheduler, grad scaler, method
-    state and every RNG state are checkpointed. A run stopped after any checkpoint and resumed ends
-    with bit-identical weights to the uninterrupted run (CPU, one thread).
+    state, every RNG state, the periodic evaluations and the loss history are checkpointed, and periodic
+    evaluations leave the random streams untouched. A run killed at any moment and resumed (any number
+    of times) ends with a ``checkpoint.pt``, ``log.csv`` and ``metrics.json`` equal to the uninterrupted
+    run's (CPU, one thread) except for times, the command line, ``resumed_from`` and the settings a
+    resume may change (:data:`RESUME_MAY_CHANGE`). A resume with another configuration, a new run into a
+    folder that holds one (without ``overwrite``) and a checkpoint that fails verification are refused
+    before anything is written; a checkpoint is never written with a non-finite training state.
 
     Args:
         method: the method (recipe + training step + inference).
@@ -137,9 +187,15 @@ class Trainer:
     Raises:
         ValueError: if the global batch does not split evenly over the ranks, the training split
             has fewer images than one batch, the crop is not a multiple of the model's stride, or
-            ``stop_at`` exceeds ``recipe.iters``, or ``sync_bn`` is asked for a multi-process CPU run.
-        FloatingPointError: when the loss is not finite (the message names the step and the terms);
-            nothing is updated or saved for that step.
+            ``stop_at`` exceeds ``recipe.iters``, or ``sync_bn`` is asked for a multi-process CPU run;
+            from :meth:`fit`: a folder holding a run without ``overwrite``, a resume whose checkpoint is
+            unreadable, corrupted (content hash), non-finite, of another method or of another
+            configuration (every difference listed), or a ``stop_at`` not after the checkpoint's step.
+        FileNotFoundError: from :meth:`fit`, when the checkpoint to resume does not exist.
+        FloatingPointError: when the loss is not finite (the message names the step and the terms;
+            nothing is updated or saved for that step), or when the training state to checkpoint is
+            not finite (the first bad parameter, buffer or optimizer tensor named; nothing is written).
+            :meth:`failure_message` says which checkpoint is intact.
 
     Example:
         >>> import tempfile
@@ -155,6 +211,10 @@ class Trainer:
         seg mIoU unfiltered ... [val, 2 images] | ... s -> .../metrics.json
         >>> metrics["iters"], metrics["world_size"], metrics["eval_splits"]["seg"]["split"]
         (2, 1, 'val')
+        >>> Trainer(method, net, train, cfg).fit()  # the folder now holds a run  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: out_dir: ... already holds a run (checkpoint.pt, log.csv, metrics.json); continue it with --resume ...
     """
 
     def __init__(self, method: TrainingMethod, model: nn.Module, train_set: Any, config: TrainConfig, *,
@@ -185,6 +245,10 @@ class Trainer:
                              f"{self.env.device}; drop --sync-bn for CPU runs")
         if config.stop_at is not None and config.stop_at > recipe.iters:
             raise ValueError(f"stop_at: expected at most iters={recipe.iters}, got {config.stop_at}")
+        #: the checkpoint a resume would continue from (written or loaded by this run, verified finite)
+        self.last_checkpoint: Path | None = None
+        self._ckpt_step: int | None = None
+        self._started = False
 
     # ------------------------------------------------------------------ pieces
     def _autocast(self):
@@ -210,8 +274,8 @@ class Trainer:
             persistent_workers=False, pin_memory=self.env.device.type == "cuda")
         return loader, sampler, steps_per_epoch
 
-    def _batches(self, start: int):
-        loader, sampler, spe = self._make_loader()
+    def _batches(self, start: int, made: tuple | None = None):
+        loader, sampler, spe = made if made is not None else self._make_loader()
         epoch, offset = divmod(start, spe)
         while True:
             sampler.set_epoch(epoch)
@@ -231,41 +295,122 @@ class Trainer:
 
     def _gather_rng(self) -> list[Any] | None:
         """Every rank's RNG states (needed only when ranks are seeded differently)."""
-        from .loop import _rng_state
-
         if not self.env.distributed:
             return None
         states: list[Any] = [None] * self.env.world_size
         torch.distributed.all_gather_object(states, _rng_state())
         return states
 
-    def _save(self, core: nn.Module, optimizer, scheduler, scaler, step: int, meta: dict) -> None:
-        rng_per_rank = self._gather_rng() if self.config.per_rank_seed else None
-        if not self.env.is_main:
-            return
-        extra = {**meta, "method_state": self.method.state_dict(),
-                 "grad_scaler": scaler.state_dict() if scaler is not None else None,
-                 "rng_per_rank": rng_per_rank}
-        save_checkpoint(self.out_dir / "checkpoint.pt", core, optimizer, scheduler, step, extra)
+    def _agree(self, message: str | None, exc: type[Exception] = ValueError) -> None:
+        """Raise ``exc(message)`` on every rank when rank 0 found a problem (``message`` is rank 0's)."""
+        flag = torch.tensor([1.0 if message else 0.0])
+        all_reduce_sum(flag)  # no-op for one process: the ranks must not diverge into a hang
+        if float(flag) > 0:
+            raise exc(message or "rank 0 stopped the run (see its message)")
 
-    def _resume(self, core, optimizer, scheduler, scaler) -> int:
-        from .loop import _set_rng_state
-
+    # ------------------------------------------------------------------ run folder and resume
+    def _resume_path(self) -> Path:
         cfg = self.config
-        path = self.out_dir / "checkpoint.pt" if cfg.resume == "auto" else Path(cfg.resume)
-        start, extra = load_checkpoint(path, core, optimizer, scheduler, map_location=self.env.device)
-        if extra.get("method") not in (None, self.method.name):
-            raise ValueError(f"resume: {path} was written by method {extra.get('method')!r}, "
-                             f"not {self.method.name!r}")
-        self.method.load_state_dict(extra.get("method_state") or {})
+        return self.out_dir / "checkpoint.pt" if cfg.resume == "auto" else Path(cfg.resume)
+
+    def _prepare_out_dir(self, resume_path: Path | None) -> None:
+        """Refuse a new run into a folder holding a run (unless ``overwrite``); remove its files if asked."""
+        cfg, out = self.config, self.out_dir
+        own = resume_path is not None and _same_file(resume_path, out / "checkpoint.pt")
+        refusal = None
+        held = [n for n in RUN_FILES if (out / n).is_file()] if self.env.is_main else []
+        if held and not own and not cfg.overwrite:
+            if resume_path is None:
+                refusal = (f"out_dir: {out} already holds a run ({', '.join(held)}); continue it with --resume "
+                           f"(resume='auto'), replace it with --overwrite (overwrite=True) or choose another --out")
+            else:
+                refusal = (f"out_dir: {out} holds another run ({', '.join(held)}) than the checkpoint "
+                           f"{resume_path} being resumed; replace it with --overwrite or choose another --out")
+        self._agree(refusal)
+        if self.env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if cfg.overwrite and not own:
+                removed = _remove_run_files(out)
+                if removed:
+                    print(f"overwrite: removed {removed} file(s) of the previous run in {out}", flush=True)
+        barrier()
+
+    def _read_resume(self, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        """Read and verify the checkpoint to resume, and check it continues this run (before anything is built)."""
+        cfg, recipe = self.config, self.method.recipe
+        path = self._resume_path()
+        if not path.is_file():
+            held = [n for n in RUN_FILES if (path.parent / n).is_file()]
+            hint = (f" ({path.parent} holds {', '.join(held)}: the run stopped before its first checkpoint; "
+                    f"start it again with --overwrite)" if held else "")
+            raise FileNotFoundError(f"resume: no checkpoint at {path}{hint}")
+        ckpt = read_checkpoint(path, map_location="cpu")
+        extra = ckpt.get("extra") or {}
+        saved = extra.get("method")
+        if saved != self.method.name:
+            raise ValueError(f"resume: {path} is a checkpoint of method {saved!r}, not {self.method.name!r}; "
+                             f"resume it with its own training script" if saved else
+                             f"resume: {path} records no method (not written by the training engine); "
+                             f"it cannot be resumed, only loaded as weights")
+        diffs = _config_differences(extra, meta)
+        if diffs:
+            lines = "\n".join(f"  {d}" for d in diffs)
+            raise ValueError(
+                f"resume: {path} belongs to a run with another configuration, and a resume continues the "
+                f"same run. Differences (checkpoint -> now):\n{lines}\nA resume may change only {_ALLOWED_FLAGS} "
+                f"(TrainConfig: {', '.join(RESUME_MAY_CHANGE)}). To run with other settings, start a new run "
+                f"(--overwrite, or another --out).")
+        step = int(ckpt["step"])
+        if not 0 <= step <= recipe.iters:
+            raise ValueError(f"resume: {path} is at step {step}, outside the run's {recipe.iters} iterations")
+        if cfg.stop_at is not None and cfg.stop_at <= step and not cfg.stop_at == step == recipe.iters:
+            raise ValueError(f"stop_at: {cfg.stop_at} is not after the checkpoint's step {step} ({path}); "
+                             f"give a later --stop-at or none")
+        for key in ("wsseg_version", "git_revision", "torch_version"):
+            if extra.get(key) is not None and meta.get(key) is not None and extra[key] != meta[key]:
+                warnings.warn(f"resume: {path} was written with {key} {extra[key]}, this is {meta[key]}: the "
+                              f"continuation may differ from an uninterrupted run", stacklevel=3)
+        return path, ckpt
+
+    def _restore(self, path: Path, ckpt: dict[str, Any], core, optimizer, scheduler, scaler) -> dict[str, Any]:
+        """Load a verified checkpoint into model, optimizer, scheduler, scaler, method and RNGs; its run state."""
+        _load_states(path, ckpt, core, optimizer, scheduler, restore_rng=True)
+        extra = ckpt.get("extra") or {}
+        try:
+            self.method.load_state_dict(extra.get("method_state") or {})
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise ValueError(f"{path}: the method state does not fit {self.method.name!r}: {err}") from err
         if scaler is not None and extra.get("grad_scaler"):
             scaler.load_state_dict(extra["grad_scaler"])
         per_rank = extra.get("rng_per_rank")
         if per_rank and len(per_rank) == self.env.world_size:
             _set_rng_state(per_rank[self.env.rank])
+        state = extra.get("engine_state")
+        if state is None:
+            warnings.warn(f"resume: {path} carries no run state (written by an older version): metrics.json "
+                          f"will lack the losses and periodic evaluations before step {ckpt['step']}",
+                          stacklevel=3)
+            state = _new_run_state()
+        self.last_checkpoint, self._ckpt_step = path, int(ckpt["step"])
         if self.env.is_main:
-            print(f"resumed from {path} at step {start}", flush=True)
-        return start
+            print(f"resumed from {path} at step {ckpt['step']}", flush=True)
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+
+    def _save(self, core: nn.Module, optimizer, scheduler, scaler, step: int, meta: dict,
+              run_state: dict[str, Any]) -> None:
+        rng_per_rank = self._gather_rng() if self.config.per_rank_seed else None
+        path = self.out_dir / "checkpoint.pt"
+        error: FloatingPointError | None = None
+        if self.env.is_main:
+            extra = {**meta, "method_state": self.method.state_dict(),
+                     "grad_scaler": scaler.state_dict() if scaler is not None else None,
+                     "rng_per_rank": rng_per_rank, "engine_state": run_state}
+            try:
+                save_checkpoint(path, core, optimizer, scheduler, step, extra)
+            except FloatingPointError as err:
+                error = err
+        self._agree(str(error) if error else None, FloatingPointError)
+        self.last_checkpoint, self._ckpt_step = path, step
 
     def _check_finite(self, loss: torch.Tensor, logs: dict[str, float], step: int) -> None:
         bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0])
@@ -273,17 +418,53 @@ class Trainer:
         if float(bad) > 0:
             terms = {k: v for k, v in logs.items() if k.startswith("loss")}
             raise FloatingPointError(f"non-finite loss at step {step} (on at least one rank); terms: {terms}; "
-                                     f"nothing was updated for this step, the last checkpoint is intact")
+                                     f"nothing was updated for this step")
+
+    def failure_message(self, err: BaseException) -> str:
+        """What to tell the user when :meth:`fit` raised ``err`` (the command line prints it).
+
+        A refusal before training (a folder holding a run, a resume with another configuration, a bad
+        checkpoint) gives the message alone. Once training started it adds which checkpoint is intact
+        (the last one this run wrote or loaded; both are verified finite) and advises ``--resume``, or,
+        when no checkpoint exists, says to start the run again with ``--overwrite``: ``--resume`` is never
+        advised without a checkpoint to resume from.
+
+        Args:
+            err: the exception :meth:`fit` raised.
+
+        Returns:
+            The message, starting with ``"error: "``.
+        """
+        if not self._started:
+            return f"error: {err}"
+        if self.last_checkpoint is None:
+            return (f"error: training stopped: {err}\n(no checkpoint was written; start the run again with "
+                    f"--overwrite)")
+        flag = "--resume" if _same_file(self.last_checkpoint, self.out_dir / "checkpoint.pt") else \
+            f"--resume {self.last_checkpoint}"
+        return (f"error: training stopped: {err}\n(the last checkpoint {self.last_checkpoint} (step "
+                f"{self._ckpt_step}) is intact and finite; continue with {flag})")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
-        """Train from scratch or ``resume``, evaluate, write ``metrics.json``; returns the metrics."""
+        """Train from scratch or ``resume``, evaluate, write ``metrics.json``; returns the metrics.
+
+        Before anything is built or written: a ``resume`` checkpoint is read, verified and compared with
+        this run's configuration, and the output folder is checked (see :class:`TrainConfig` ``resume`` and
+        ``overwrite``). On a resume ``log.csv`` is cut back to the checkpoint's step, and the periodic
+        evaluations, the loss history and the training time come from the checkpoint, so the files after
+        any sequence of kills and resumes equal those of the uninterrupted run except for the fields
+        listed in the engine documentation (times, ``resumed_from``, the command line and the settings of
+        :data:`RESUME_MAY_CHANGE`).
+        """
         cfg, env, method, recipe = self.config, self.env, self.method, self.method.recipe
         t_start = time.time()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if env.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        meta = self._metadata()
+        resume_path, ckpt = self._read_resume(meta) if cfg.resume else (None, None)
+        made = self._make_loader()  # a training set too small for one batch fails here, before any file
+        self._prepare_out_dir(resume_path)
         core = self.model.to(env.device)
         if cfg.sync_bn and env.distributed:
             core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
@@ -292,7 +473,12 @@ class Trainer:
         optimizer = method.build_optimizer(core)
         scheduler = method.build_scheduler(optimizer)
         scaler = torch.amp.GradScaler(env.device.type) if cfg.amp == "fp16" else None
-        start = self._resume(core, optimizer, scheduler, scaler) if cfg.resume else 0
+        run = _new_run_state()
+        start = 0
+        if ckpt is not None and resume_path is not None:
+            run = self._restore(resume_path, ckpt, core, optimizer, scheduler, scaler)
+            start = int(ckpt["step"])
+            del ckpt
         model: nn.Module = core
         if env.distributed:
             model = nn.parallel.DistributedDataParallel(
@@ -301,22 +487,23 @@ class Trainer:
         if cfg.compile:
             model = torch.compile(model)
         stop = recipe.iters if cfg.stop_at is None else cfg.stop_at
-        meta = self._metadata()
         if env.is_main:
             print(f"{method.name}: K={self.train_set.num_classes} images={len(self.train_set)} "
                   f"crop={recipe.crop_size} batch={recipe.batch_size} ({self.local_batch}/process x "
                   f"{env.world_size}) iters={recipe.iters} device={env.device} amp={cfg.amp}", flush=True)
-            if not cfg.resume and (self.out_dir / "log.csv").exists():
-                (self.out_dir / "log.csv").unlink()  # a fresh run starts a fresh log
-        writer = self._tensorboard() if env.is_main and cfg.tensorboard else None
+            if resume_path is not None:
+                self._prepare_log(resume_path, start)
+                if start == recipe.iters:
+                    print(f"{resume_path} is at the last step {start}: nothing left to train; running the final "
+                          f"evaluation again", flush=True)
+        self._started = True
+        writer = self._tensorboard(purge_step=start or None) if env.is_main and cfg.tensorboard else None
         log = CSVLogger(self.out_dir / "log.csv") if env.is_main else None
         keys = ("step", "lr", "time_s", *method.log_keys)
-        batches = self._batches(start)
-        losses: list[float] = []
-        evals: list[dict[str, Any]] = []
+        batches = self._batches(start, made)
         t_train = time.time()
+        train_time_before = float(run["train_time_s"])
         bar = progress(total=recipe.iters, initial=start, desc="train", disable=not (cfg.show_progress and env.is_main))
-        step = start
         try:
             for step in range(start, stop):
                 t0 = time.time()
@@ -334,7 +521,10 @@ class Trainer:
                     optimizer.step()
                 scheduler.step()
                 method.after_optimizer_step(model, step)
-                losses.append(float(logs["loss"]))
+                value = float(logs["loss"])
+                if len(run["loss_first10"]) < 10:
+                    run["loss_first10"].append(value)
+                run["loss_last10"] = [*run["loss_last10"], value][-10:]
                 row = {"step": step, "lr": optimizer.param_groups[0]["lr"], "time_s": time.time() - t0, **logs}
                 if log is not None:
                     log.log({k: row.get(k, "") for k in keys})
@@ -345,15 +535,18 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}")
                 done = step + 1
-                if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop:
-                    self._save(core, optimizer, scheduler, scaler, done, meta)
+                # evaluate first, then checkpoint: the checkpoint of a step holds that step's evaluation
                 if cfg.eval_every and done % cfg.eval_every == 0 and done < recipe.iters:
-                    evals.append(self._evaluate(model, done, num_vis=0, writer=writer))
+                    run["periodic_evaluations"].append(
+                        self._evaluate(model, done, num_vis=0, writer=writer, keep_rng=True))
+                if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop:
+                    run["train_time_s"] = train_time_before + time.time() - t_train
+                    self._save(core, optimizer, scheduler, scaler, done, meta, run)
         finally:
             bar.close()
             if log is not None:
                 log.close()
-        train_time = time.time() - t_train
+        train_time = train_time_before + time.time() - t_train
         if stop < recipe.iters:
             if env.is_main:
                 print(f"stopped after step {stop} of {recipe.iters} (--stop-at); continue with --resume", flush=True)
@@ -365,12 +558,13 @@ class Trainer:
         state_hashes = self._method_state_hashes() if env.distributed else None
         t_eval = time.time()
         metrics = self._evaluate(model, recipe.iters, num_vis=cfg.num_vis, writer=writer)
+        first10, last10 = run["loss_first10"], run["loss_last10"]
         metrics.update({
             "iters": recipe.iters, "resumed_from": start, "world_size": env.world_size,
-            "loss_first10": float(np.mean(losses[:10])) if losses else None,
-            "loss_last10": float(np.mean(losses[-10:])) if losses else None,
+            "loss_first10": float(np.mean(first10)) if first10 else None,
+            "loss_last10": float(np.mean(last10)) if last10 else None,
             "train_time_s": train_time, "eval_time_s": time.time() - t_eval, "wall_time_s": time.time() - t_start,
-            "class_names": list(self.train_set.class_names), "periodic_evaluations": evals,
+            "class_names": list(self.train_set.class_names), "periodic_evaluations": run["periodic_evaluations"],
             "config": meta, "torch_threads": torch.get_num_threads(),
         })
         if weight_hashes is not None:
@@ -381,14 +575,30 @@ class Trainer:
             # threshold queues: per-rank data, so they may differ)
             metrics["rank_method_state_hashes"] = state_hashes
         if env.is_main:
-            with open(self.out_dir / "metrics.json", "w") as f:
-                json.dump(metrics, f, indent=2, default=str)
+            _write_json_atomic(self.out_dir / "metrics.json", metrics)
             print(format_summary(metrics) + f" | {metrics['wall_time_s']:.0f} s -> {self.out_dir / 'metrics.json'}",
                   flush=True)
         if writer is not None:
             writer.close()
         barrier()
         return metrics
+
+    def _prepare_log(self, resume_path: Path, start: int) -> None:
+        """Cut ``log.csv`` back to the rows of steps ``< start`` (from the resumed run's folder if this one has none)."""
+        log = self.out_dir / "log.csv"
+        src = log
+        if not log.is_file() and not _same_file(resume_path.parent / "log.csv", log):
+            src = resume_path.parent / "log.csv"
+        if not src.is_file():
+            if start:
+                warnings.warn(f"resume: no log.csv with the rows of steps 0..{start - 1} (looked in {src}); the "
+                              f"log starts at step {start}", stacklevel=3)
+            return
+        kept = _truncate_log(src, log, start)
+        if kept != list(range(start)):
+            missing = sorted(set(range(start)) - set(kept))
+            warnings.warn(f"resume: {src} lacks the rows of {len(missing)} step(s) before {start} (first: "
+                          f"{missing[:5]}); kept {len(kept)} row(s)", stacklevel=3)
 
     def _method_state_hashes(self) -> dict[str, list[str]]:
         """SHA-256 of every rank's ``method.state_dict()`` entries (tensors and nested dicts of tensors)."""
@@ -417,17 +627,19 @@ class Trainer:
         torch.distributed.all_gather_object(hashes, h.hexdigest())
         return [str(x) for x in hashes]
 
-    def _evaluate(self, model: nn.Module, step: int, *, num_vis: int, writer=None) -> dict[str, Any]:
-        cfg, env = self.config, self.env
+    def _evaluate(self, model: nn.Module, step: int, *, num_vis: int, writer=None,
+                  keep_rng: bool = False) -> dict[str, Any]:
+        env = self.env
         if self.pseudo_set is None and self.seg_set is None:
             return {"step": step}
         broadcast_buffers(unwrap_model(model))  # every rank evaluates rank 0's (the checkpoint's) statistics
-        res = evaluate_method(self.method, model, pseudo_set=self.pseudo_set, seg_set=self.seg_set,
-                              pseudo_split=self.pseudo_split, seg_split=self.seg_split, device=env.device,
-                              eval_long_side=cfg.eval_long_side, max_images=cfg.max_eval_images,
-                              out_dir=self.out_dir if env.is_main else None, num_vis=num_vis,
-                              show_progress=cfg.show_progress and env.is_main, rank=env.rank,
-                              world_size=env.world_size, seg_inference=cfg.eval_inference, crf=cfg.eval_crf)
+        # a periodic evaluation must not move the training's random streams (a resumed run does not redo it)
+        rng = _rng_state() if keep_rng else None
+        try:
+            res = self._run_evaluation(model, num_vis)
+        finally:
+            if rng is not None:
+                _set_rng_state(rng)
         res["step"] = step
         if env.is_main:
             if step < self.method.recipe.iters:
@@ -438,10 +650,135 @@ class Trainer:
                         writer.add_scalar(f"eval/{k}", res[k], step)
         return res
 
-    def _tensorboard(self):
+    def _run_evaluation(self, model: nn.Module, num_vis: int) -> dict[str, Any]:
+        cfg, env = self.config, self.env
+        return evaluate_method(self.method, model, pseudo_set=self.pseudo_set, seg_set=self.seg_set,
+                              pseudo_split=self.pseudo_split, seg_split=self.seg_split, device=env.device,
+                              eval_long_side=cfg.eval_long_side, max_images=cfg.max_eval_images,
+                              out_dir=self.out_dir if env.is_main else None, num_vis=num_vis,
+                              show_progress=cfg.show_progress and env.is_main, rank=env.rank,
+                              world_size=env.world_size, seg_inference=cfg.eval_inference, crf=cfg.eval_crf)
+
+    def _tensorboard(self, purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
             raise ImportError("tensorboard: --tensorboard needs the tensorboard package "
                               "(pip install 'wsseg[tensorboard]')") from err
-        return SummaryWriter(str(self.out_dir / "tb"))
+        # purge_step: events of steps >= the resumed step (written before a kill) are dropped
+        return SummaryWriter(str(self.out_dir / "tb"), purge_step=purge_step)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _new_run_state() -> dict[str, Any]:
+    """What a checkpoint carries for the final metrics (``extra["engine_state"]``)."""
+    return {"loss_first10": [], "loss_last10": [], "periodic_evaluations": [], "train_time_s": 0.0}
+
+
+def _remove_run_files(out: Path) -> int:
+    """Delete the files a run writes in ``out`` (``overwrite``); returns how many."""
+    paths = [out / n for n in (*RUN_FILES, "checkpoint.pt.tmp", "metrics.json.tmp", "log.csv.tmp")]
+    paths += sorted((out / "vis").glob("*.png")) + sorted((out / "tb").glob("events.out.tfevents.*"))
+    paths += sorted(out.glob("eval_*.json"))  # examples/evaluate.py's reports of the replaced checkpoint
+    removed = 0
+    for p in paths:
+        if p.is_file():
+            p.unlink()
+            removed += 1
+    return removed
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _truncate_log(src: Path, dst: Path, start: int) -> list[int]:
+    """Write to ``dst`` (atomically) the header and the rows of ``src`` whose step is below ``start``.
+
+    Rows are kept byte for byte; a last line without its newline (a write cut by a kill) and rows whose
+    step does not parse are dropped. Returns the kept steps.
+    """
+    with open(src, newline="") as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(("\n", "\r")):
+        lines = lines[:-1]
+    kept: list[int] = []
+    out_lines: list[str] = []
+    if lines:
+        header = lines[0]
+        fields = next(csv.reader([header]))
+        col = fields.index("step") if "step" in fields else 0
+        out_lines.append(header)
+        for line in lines[1:]:
+            row = next(csv.reader([line]), [])
+            try:
+                step = int(row[col])
+            except (IndexError, ValueError):
+                continue
+            if step < start:
+                kept.append(step)
+                out_lines.append(line)
+    tmp = dst.with_name(dst.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write("".join(out_lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    return kept
+
+
+def _flag_of_arg(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The differences between a checkpoint's recorded run configuration and this run's that a resume refuses."""
+    diffs: list[str] = []
+
+    def differ(label: str, a: Any, b: Any, hint: str = "") -> None:
+        if a != b:
+            diffs.append(f"{label}: {a!r} -> {b!r}{hint}")
+
+    old_r, new_r = saved.get("recipe"), now.get("recipe")
+    if not isinstance(old_r, dict):
+        diffs.append("recipe: not recorded in the checkpoint (not written by the training engine)")
+        old_r = {}
+    for k in new_r:
+        if k in old_r:
+            label = _RECIPE_FLAGS.get(k, f"{k} (--set {k}=...)")
+            hint = ""
+            if k == "iters" and old_r[k] != new_r[k]:
+                hint = (f" (the schedule - LR decay, warm-up, phase lengths - of this run was computed for "
+                        f"{old_r[k]} iterations and cannot be stretched; to train for {new_r[k]}, start a new run "
+                        f"with --iters {new_r[k]}; --stop-at N stops a run early and --resume continues it)")
+            differ(label, old_r[k], new_r[k], hint)
+    old_e, new_e = saved.get("engine") or {}, now.get("engine") or {}
+    for k in new_e:
+        if k in old_e and k not in RESUME_MAY_CHANGE:
+            differ(f"{k} ({_ENGINE_FLAGS[k]})" if k in _ENGINE_FLAGS else k, old_e[k], new_e[k])
+    if saved.get("world_size") is not None:
+        differ("number of processes (torchrun --nproc_per_node)", saved.get("world_size"), now.get("world_size"))
+    old_a, new_a = saved.get("args"), now.get("args")
+    if isinstance(old_a, dict) and isinstance(new_a, dict):
+        skip = _ARGS_MAY_CHANGE | _ARGS_IN_RECIPE | _ARGS_IN_ENGINE
+        for k in new_a:
+            if k in old_a and k not in skip:
+                differ(_flag_of_arg(k), old_a[k], new_a[k])
+    reserved = {"method", "recipe", "command", "engine", "wsseg_version", "git_revision", "torch_version",
+                "world_size", "args", "method_state", "grad_scaler", "rng_per_rank", "engine_state"}
+    for k in now:
+        if k not in reserved and k in saved:
+            differ(f"extra[{k!r}]", saved[k], now[k])
+    return diffs
