@@ -6,6 +6,8 @@ from .dense_crf import DenseCRF, dense_crf
 from .dual_threshold import DualThresholdPseudoLabel, dual_threshold_pseudo_label, varm_pseudo_label
 from .merge_class_labels import MergeClassLabels, merge_class_labels
 from .perplexity_weight import PerplexityReliabilityWeight, perplexity_reliability_weight
+from .pixel_to_patch_label import PixelToPatchLabel, pixel_to_patch_label
+from .raw_cam_pseudo_label import RawCAMPseudoLabel, RawCAMPseudoLabelOutput, raw_cam_pseudo_label
 from .seg_pseudo_label import SegPseudoLabel, seg_pseudo_label
 from .slrnet_postprocess import SLRNetPostprocess, slrnet_postprocess, slrnet_predicted_classes
 from .slrnet_pseudo_label import SLRNetPseudoLabel, slrnet_pseudo_label
@@ -26,7 +28,12 @@ __all__ = [
     "GMM1DResult",
     "perplexity_reliability_weight",
     "PerplexityReliabilityWeight",
+    "pixel_to_patch_label",
+    "PixelToPatchLabel",
     "radius_window",
+    "raw_cam_pseudo_label",
+    "RawCAMPseudoLabel",
+    "RawCAMPseudoLabelOutput",
     "seg_pseudo_label",
     "SegPseudoLabel",
     "slrnet_postprocess",
