@@ -31,6 +31,8 @@ nitpicky = False
 suppress_warnings = ["ref.python"]
 html_theme = "furo"
 html_title = "wsseg"
+html_static_path = ["_static"]
+html_css_files = ["wsseg.css"]  # wider content column: no scrollbar on long equations and code
 exclude_patterns = ["_build"]
 
 
