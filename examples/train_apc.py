@@ -6,7 +6,8 @@ a bias-free patch classifier, per-patch softmax, global max pooling, the pooled 
 the equivariance loss on a 2 x 2 mosaic of second views, two Adam stages. ``--method apc`` adds APC's pieces,
 whose formulas are not public (every one is an explicit setting, none has an invented default): Adaptive-K
 pooling, the patch contrastive loss and an online segmentation decoder. With no arguments it trains
-ViT-PCM on the built-in synthetic shapes with timm's tiny ``test_vit`` for a few CPU minutes::
+ViT-PCM on the built-in synthetic shapes with timm's tiny ``test_vit`` on the CPU (run time and results:
+the methods table of ``README.md``)::
 
     python examples/train_apc.py --threads 1                          # ViT-PCM, synthetic data, CPU
     python examples/train_apc.py --method apc --decoder-dim 64 \\

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train CoSA (co-training with swapping assignments, ECCV 2024) end to end from image-level labels.
 
-With no arguments it trains a small ViT on the built-in synthetic shapes for a few CPU minutes and reports
-the standard WSSS metrics::
+With no arguments it trains a small ViT on the built-in synthetic shapes on the CPU and reports the
+standard WSSS metrics (run time and results: the methods table of ``README.md``)::
 
     python examples/train_cosa.py                        # synthetic data, CPU
     python examples/train_cosa.py --recipe cam           # classification-only CAM baseline, same schedule

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Train TSCD (Self Correspondence Distillation, AAAI 2023) end to end from image-level labels.
 
-With no arguments it trains a small model on the built-in synthetic shapes for a few CPU minutes and
-reports the standard WSSS metrics::
+With no arguments it trains a small model on the built-in synthetic shapes on the CPU and reports the
+standard WSSS metrics (run time and results: the methods table of ``README.md``)::
 
-    python examples/train_scd.py                      # synthetic data, CPU, ~3 min
+    python examples/train_scd.py                      # synthetic data, CPU
     python examples/train_scd.py --recipe cam         # classification-only CAM baseline, same schedule
     torchrun --nproc_per_node=2 examples/train_scd.py # the same run on 2 processes (DDP, gloo on CPU)
 

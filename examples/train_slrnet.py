@@ -2,7 +2,8 @@
 """Train SLRNet (self-supervised cross-view low-rank network, IJCV 2022) end to end from image-level labels.
 
 With no arguments it trains a narrow WideResNet-38 (``resnet38d_w16``: every width / 16, same topology) on
-the built-in synthetic shapes for a few CPU minutes and reports the standard WSSS metrics::
+the built-in synthetic shapes on the CPU and reports the standard WSSS metrics (run time and results: the
+methods table of ``README.md``)::
 
     python examples/train_slrnet.py --threads 1            # synthetic data, CPU
     python examples/train_slrnet.py --recipe cam           # classification-only baseline, same schedule

@@ -1,7 +1,9 @@
-"""Small shared utilities: input validation, image de-normalisation, crop boxes."""
+"""Small shared utilities: input validation, image de-normalisation, crop boxes, stride fitting."""
 
 from .box import box_to_mask
 from .image import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
+from .rst_text import rst_to_text
+from .stride import fit_to_stride
 from .validation import (
     apply_reduction,
     check_labels,
@@ -16,7 +18,9 @@ __all__ = [
     "IMAGENET_STD",
     "box_to_mask",
     "denormalize",
+    "fit_to_stride",
     "normalize",
+    "rst_to_text",
     "apply_reduction",
     "check_labels",
     "check_reduction",
