@@ -8,6 +8,7 @@ from os import PathLike
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ..utils.validation import check_tensor
@@ -321,8 +322,30 @@ class MixTransformer(nn.Module):
         self.out_strides: list[int] = [math.prod(self.strides[: s + 1]) for s in range(4)]
         last = self._block_stage[self.attn_indices[-1]] if self.attn_indices else 3
         self.attn_heads: int = self.num_heads[last]
+        self.grad_checkpointing = False
         if weights is not None:
             self.load_weights(weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block in the backward pass instead of keeping its activations (gradient checkpointing).
+
+        When enabled, each block runs under ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` in
+        forward passes with gradients (passes under ``torch.no_grad`` are unchanged). Only the block inputs
+        are kept; the block is run again during ``backward``. The results are the same: the RNG state is
+        restored for the recomputation (``preserve_rng_state``), so drop-path and dropout draw the same
+        masks, and the returned attention logits stay differentiable. Costs one more forward of the blocks
+        per backward; saves their intermediate activations (attention maps, MLP hidden states).
+
+        Args:
+            enable: switch it on (``True``) or off.
+
+        Example:
+            >>> enc = wsseg.backbones.mit_b0(strides=(4, 2, 2, 1))
+            >>> enc.set_grad_checkpointing()
+            >>> enc(torch.randn(1, 3, 64, 64)).attn_logits[-1].requires_grad
+            True
+        """
+        self.grad_checkpointing = bool(enable)
 
     def load_weights(self, path: str | PathLike, strict: bool = True):
         """Load a SegFormer/MiT checkpoint (``head.*`` classification keys dropped); see :func:`load_weights`."""
@@ -352,10 +375,15 @@ class MixTransformer(nn.Module):
         wanted = set(self.attn_indices)
         order: dict[int, Tensor] = {}
         cur = 0
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for s in range(4):
             tokens, h, w = getattr(self, f"patch_embed{s + 1}")(x)
             for blk in getattr(self, f"block{s + 1}"):
-                tokens, lg = blk(tokens, h, w, need_logits=cur in wanted)
+                if ckpt:
+                    tokens, lg = torch.utils.checkpoint.checkpoint(blk, tokens, h, w, cur in wanted,
+                                                                   use_reentrant=False)
+                else:
+                    tokens, lg = blk(tokens, h, w, need_logits=cur in wanted)
                 if lg is not None:
                     order[cur] = lg
                 cur += 1
@@ -368,7 +396,7 @@ class MixTransformer(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dims={self.embed_dims}, num_heads={self.num_heads}, depths={self.depths}, "
                 f"sr_ratios={self.sr_ratios}, strides={self.strides}, drop_path_rate={self.drop_path_rate}, "
-                f"attn_indices={self.attn_indices}")
+                f"attn_indices={self.attn_indices}, grad_checkpointing={self.grad_checkpointing}")
 
 
 def _mit(variant: str, **kwargs) -> MixTransformer:

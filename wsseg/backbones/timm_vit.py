@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Sequence
 from os import PathLike
@@ -317,17 +318,65 @@ class TimmViTBackbone(nn.Module):
         self.attn_heads: int = int(self.model.blocks[self.attn_indices[-1] if self.attn_indices else -1]
                                    .attn.num_heads)
         self._captured: dict[int, Tensor] | None = None
+        self.grad_checkpointing = False
         for i in self.attn_indices:
-            self.model.blocks[i].attn.register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
+            # a partial of a bound method (not a closure): copy.deepcopy re-binds it to the copy
+            self.model.blocks[i].attn.register_forward_pre_hook(functools.partial(self._attn_hook, i),
+                                                                with_kwargs=True)
         if weights is not None:
             self.load_weights(weights)
 
-    def _make_hook(self, index: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if self._captured is not None:  # only during our own forward (not checkpoint re-runs)
-                x = args[0] if args else kwargs["x"]
-                self._captured[index] = qk_logits(module, x, self.num_prefix_tokens)
-        return hook
+    def _attn_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs["x"]
+        if self._captured is not None:  # during our own forward
+            self._captured[index] = qk_logits(module, x, self.num_prefix_tokens)
+        elif (self.grad_checkpointing or getattr(self.model, "grad_checkpointing", False)) and torch.is_grad_enabled():
+            # the recomputation of a checkpointed block in backward: the logits' own saved tensors must be
+            # recomputed too (same operations in the same order as in the forward); the result is dropped
+            qk_logits(module, x, self.num_prefix_tokens)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block in the backward pass instead of keeping its activations (gradient checkpointing).
+
+        Uses timm's own switch (``model.set_grad_checkpointing``): timm's block loop then runs each block under
+        ``torch.utils.checkpoint.checkpoint`` (non-reentrant, timm's default) in forward passes with
+        gradients; passes under ``torch.no_grad`` run as before. The results are the same: the RNG state is
+        restored for the recomputation, so drop-path and dropout draw the same masks, and the attention
+        logits of ``attn_indices`` stay differentiable (their projections are recomputed with the block).
+        Costs one more forward of the blocks per backward; saves their intermediate activations.
+
+        Args:
+            enable: switch it on (``True``) or off.
+
+        Raises:
+            ValueError: if the timm model has no ``set_grad_checkpointing``, or if attention logits are
+                returned while timm is set to re-entrant checkpointing (``timm.layers.set_reentrant_ckpt``),
+                which does not propagate gradients into values created inside a checkpointed block.
+
+        Example:
+            >>> vit = wsseg.backbones.TimmViTBackbone("test_vit", attn_indices=(-1,))
+            >>> vit.set_grad_checkpointing()
+            >>> vit(torch.randn(1, 3, 32, 32)).attn_logits[0].requires_grad
+            True
+        """
+        setter = getattr(self.model, "set_grad_checkpointing", None)
+        if setter is None:
+            if enable:
+                raise ValueError(f"grad_checkpointing: timm model '{self.model_name}' "
+                                 f"({type(self.model).__name__}) has no set_grad_checkpointing")
+            return
+        if enable:
+            self._check_non_reentrant()
+        setter(bool(enable))
+        self.grad_checkpointing = bool(enable)
+
+    def _check_non_reentrant(self) -> None:
+        from timm.layers import use_reentrant_ckpt
+
+        if self.attn_indices and use_reentrant_ckpt():
+            raise ValueError("grad_checkpointing: timm is set to re-entrant checkpointing "
+                             "(timm.layers.set_reentrant_ckpt(True)), which gives no gradient to the attention "
+                             f"logits of attn_indices={self.attn_indices}; call set_reentrant_ckpt(False)")
 
     def pos_embed_for_grid(self, height: int, width: int) -> Tensor | None:
         """The positional embedding added for a ``height`` × ``width`` token grid (prefix entries first),
@@ -361,6 +410,11 @@ class TimmViTBackbone(nn.Module):
                              f"{p}, got shape {tuple(x.shape)}")
         last = len(self.model.blocks) - 1
         take = sorted(set(self.out_indices) | set(self.attn_indices))
+        if self.grad_checkpointing:
+            if torch.is_grad_enabled():
+                self._check_non_reentrant()
+            # timm's loop checkpoints when its flag is set: only where there is a backward to save memory for
+            self.model.grad_checkpointing = torch.is_grad_enabled()
         self._captured = {}
         try:
             final, inter = self.model.forward_intermediates(
@@ -379,4 +433,5 @@ class TimmViTBackbone(nn.Module):
     def extra_repr(self) -> str:
         return (f"model_name={self.model_name!r}, out_indices={self.out_indices}, "
                 f"attn_indices={self.attn_indices}, drop_path_rate={self.drop_path_rate}, "
-                f"dynamic_img_size={self.dynamic_img_size}, pos_embed_interp={self.pos_embed_interp!r}")
+                f"dynamic_img_size={self.dynamic_img_size}, pos_embed_interp={self.pos_embed_interp!r}, "
+                f"grad_checkpointing={self.grad_checkpointing}")

@@ -17,6 +17,7 @@ from ..layers.prototype_init import PrototypeInit
 from ..layers.slrnet_aux_head import SLRNetAuxHead
 from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
+from ._grad_checkpointing import set_encoder_grad_checkpointing
 from .registry import register_model
 
 __all__ = ["SLRNet", "SLRNetOutput", "slrnet", "slrnet_wr38"]
@@ -269,6 +270,27 @@ class SLRNet(nn.Module):
             {"name": "new_biases", "params": nb, "lr": base_lr * head_bias_lr_mult, "weight_decay": 0.0},
         ]
         return [g for g in groups if g["params"]]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the encoder's blocks in backward instead of storing their activations (same gradients).
+
+        Delegates to the encoder's ``set_grad_checkpointing``
+        (:meth:`wsseg.backbones.MixTransformer.set_grad_checkpointing`,
+        :meth:`wsseg.backbones.TimmViTBackbone.set_grad_checkpointing`); the engine calls it for
+        ``TrainConfig(grad_checkpointing=True)`` (``--grad-checkpointing``).
+
+        Raises:
+            ValueError: when enabling it on an encoder without gradient checkpointing (WideResNet-38 and
+                timm CNN backbones).
+
+        Example:
+            >>> net = wsseg.create_model("slrnet", backbone="resnet38d_w16", num_classes=3, feature_dim=16)
+            >>> net.set_grad_checkpointing()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: grad_checkpointing: SLRNet's encoder ResNet38d has no gradient checkpointing ...
+        """
+        set_encoder_grad_checkpointing(self, self.backbone, enable)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, num_atoms={self.num_atoms}, "

@@ -51,7 +51,7 @@ _AMP = ("none", "bf16", "fp16")
 #: recorded command-line arguments (``extra["args"]``, minus the flags below) must equal the checkpoint's.
 RESUME_MAY_CHANGE: tuple[str, ...] = (
     "out_dir", "resume", "overwrite", "stop_at", "ckpt_every", "eval_every", "num_workers", "threads", "device",
-    "compile", "tensorboard", "show_progress", "num_vis", "command")
+    "compile", "grad_checkpointing", "tensorboard", "show_progress", "num_vis", "command")
 
 #: The files that make a folder "hold a run" (a new run there needs ``overwrite``).
 RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "log.csv", "metrics.json")
@@ -59,7 +59,8 @@ RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "log.csv", "metrics.json")
 # command-line arguments (extra["args"], the parsed flags of wsseg.training.cli) that a resume may change
 # (the flags of RESUME_MAY_CHANGE), that the recipe comparison covers, and that mirror refused engine fields
 _ARGS_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "stop_at", "ckpt_every", "eval_every", "num_workers",
-                              "threads", "device", "compile", "tensorboard", "no_progress", "num_vis"})
+                              "threads", "device", "compile", "grad_checkpointing", "tensorboard", "no_progress",
+                              "num_vis"})
 _ARGS_IN_RECIPE = frozenset({"recipe", "overrides", "iters", "crop", "batch_size", "seed"})
 _ARGS_IN_ENGINE = frozenset({"amp", "sync_bn", "per_rank_seed", "eval_long_side", "eval_msc", "eval_crf",
                              "max_eval_images"})
@@ -69,7 +70,7 @@ _ENGINE_FLAGS = {"amp": "--amp", "sync_bn": "--sync-bn", "per_rank_seed": "--per
                  "eval_long_side": "--eval-long-side", "eval_inference": "--eval-msc", "eval_crf": "--eval-crf",
                  "max_eval_images": "--max-eval-images"}
 _ALLOWED_FLAGS = ("--stop-at, --eval-every, --ckpt-every, --num-workers, --threads, --device, --compile, "
-                  "--tensorboard, --no-progress, --num-vis, --out")
+                  "--grad-checkpointing, --tensorboard, --no-progress, --num-vis, --out")
 
 
 @dataclass
@@ -81,6 +82,11 @@ class TrainConfig:
         device: ``"cpu"`` or ``"cuda"`` (under torchrun each rank takes ``cuda:<LOCAL_RANK>``).
         amp: ``"none"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + ``GradScaler``).
         compile: wrap the model with ``torch.compile`` (opt-in).
+        grad_checkpointing: gradient checkpointing of the encoder (opt-in): its transformer blocks are run
+            again in backward instead of keeping their activations, through the model's
+            ``set_grad_checkpointing`` (MiT and timm ViT encoders). Same losses and gradients (the RNG state is
+            restored for the recomputation), less activation memory, one more encoder forward per iteration.
+            A resume may switch it on or off.
         ckpt_every: checkpoint every N iterations (and at the end); 0 = only at the end.
         eval_every: evaluate every N iterations (0 = only at the end).
         stop_at: stop after this many completed iterations (a checkpoint is written there, no final
@@ -115,6 +121,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: str = "none"
     compile: bool = False
+    grad_checkpointing: bool = False
     ckpt_every: int = 500
     eval_every: int = 0
     stop_at: int | None = None
@@ -186,8 +193,9 @@ class Trainer:
 
     Raises:
         ValueError: if the global batch does not split evenly over the ranks, the training split
-            has fewer images than one batch, the crop is not a multiple of the model's stride, or
-            ``stop_at`` exceeds ``recipe.iters``, or ``sync_bn`` is asked for a multi-process CPU run;
+            has fewer images than one batch, the crop is not a multiple of the model's stride,
+            ``stop_at`` exceeds ``recipe.iters``, ``sync_bn`` is asked for a multi-process CPU run, or
+            ``grad_checkpointing`` for a model or encoder without it (WideResNet-38, timm CNNs);
             from :meth:`fit`: a folder holding a run without ``overwrite``, a resume whose checkpoint is
             unreadable, corrupted (content hash), non-finite, of another method or of another
             configuration (every difference listed), or a ``stop_at`` not after the checkpoint's step.
@@ -245,6 +253,14 @@ class Trainer:
                              f"{self.env.device}; drop --sync-bn for CPU runs")
         if config.stop_at is not None and config.stop_at > recipe.iters:
             raise ValueError(f"stop_at: expected at most iters={recipe.iters}, got {config.stop_at}")
+        set_ckpt = getattr(unwrap_model(model), "set_grad_checkpointing", None)
+        if config.grad_checkpointing:
+            if set_ckpt is None:
+                raise ValueError(f"grad_checkpointing: {type(unwrap_model(model)).__name__} has no "
+                                 f"set_grad_checkpointing(enable) method; train without it")
+            set_ckpt(True)  # raises ValueError for an encoder without support (WideResNet-38, timm CNNs)
+        elif set_ckpt is not None:
+            set_ckpt(False)
         #: the checkpoint a resume would continue from (written or loaded by this run, verified finite)
         self.last_checkpoint: Path | None = None
         self._ckpt_step: int | None = None
