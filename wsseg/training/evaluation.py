@@ -106,7 +106,8 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
         ``num_images`` and ``num_images_with_masks`` it was computed on.
 
     Raises:
-        ValueError: if both sets are ``None`` or the sets' class counts differ.
+        ValueError: if both sets are ``None``, the sets' class counts differ, ``eval_long_side`` or
+            ``max_images`` is not ``None`` or a positive int, or ``seg_inference`` is not a preset name.
 
     Example:
         >>> from wsseg.data import SyntheticShapes
@@ -124,6 +125,9 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
     """
     if pseudo_set is None and seg_set is None:
         raise ValueError("pseudo_set, seg_set: expected at least one dataset, got None for both")
+    for name, value in (("eval_long_side", eval_long_side), ("max_images", max_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: expected None or a positive int, got {value!r}")
     sets = [s for s in (pseudo_set, seg_set) if s is not None]
     K = sets[0].num_classes
     if any(s.num_classes != K for s in sets):
