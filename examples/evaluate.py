@@ -143,6 +143,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def data_args(args, spec, recorded: dict) -> argparse.Namespace:
+    """The training parser's data flags: its defaults, then ``recorded`` (the run's), then the flags given here."""
+    train_args = build_parser(spec).parse_args([])            # defaults of every data flag
+    vars(train_args).update(recorded)
+    for key in ("dataset", "root", "mask_dir", "cls_labels", "class_names", "coco_classes"):
+        if getattr(args, key) is not None:
+            setattr(train_args, key, getattr(args, key))
+    if args.split is not None:
+        train_args.pseudo_split = train_args.eval_split = args.split
+        train_args.list_file = None
+    return train_args
+
+
 def rebuild(args, ckpt: dict):
     """The method, its model and the dataset to score, from what the checkpoint recorded."""
     extra = ckpt.get("extra", {})
@@ -155,14 +168,7 @@ def rebuild(args, ckpt: dict):
     recorded = extra.get("args", {})
     if not recorded.get("backbone"):
         raise SystemExit(f"error: {args.checkpoint}: no backbone recorded (not written by the training engine?)")
-    train_args = build_parser(spec).parse_args([])            # defaults of every data flag
-    vars(train_args).update(recorded)
-    for key in ("dataset", "root", "mask_dir", "cls_labels", "class_names", "coco_classes"):
-        if getattr(args, key) is not None:
-            setattr(train_args, key, getattr(args, key))
-    if args.split is not None:
-        train_args.pseudo_split = train_args.eval_split = args.split
-        train_args.list_file = None
+    train_args = data_args(args, spec, recorded)
     recipe = spec.recipe_cls(**{k: (tuple(v) if isinstance(v, list) else v)
                                 for k, v in extra.get("recipe", {}).items()})
     method = spec.method_cls(recipe)
@@ -179,13 +185,7 @@ def rebuild(args, ckpt: dict):
 def rebuild_official(args):
     """``--official``: the method, the model loaded from the authors' file and the dataset of the data flags."""
     spec = METHODS[args.official]
-    train_args = build_parser(spec).parse_args([])            # defaults of every data flag
-    for key in ("dataset", "root", "mask_dir", "cls_labels", "class_names", "coco_classes"):
-        if getattr(args, key) is not None:
-            setattr(train_args, key, getattr(args, key))
-    if args.split is not None:
-        train_args.pseudo_split = train_args.eval_split = args.split
-        train_args.list_file = None
+    train_args = data_args(args, spec, {})
     method = spec.method_cls(spec.recipe_cls())                # default recipe: predict() uses the model itself
     try:
         model = load_official_checkpoint(args.checkpoint, args.official)

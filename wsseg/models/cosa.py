@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..layers.large_fov_head import LargeFOVHead
 from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
-from ._grad_checkpointing import set_encoder_grad_checkpointing
+from ._grad_checkpointing import GradCheckpointingMixin
 from ._param_groups import encoder_head_param_groups
 from .registry import register_model
 from .tscd import _build_backbone, _vit_depth
@@ -47,7 +47,7 @@ def _check_aux_layer(aux_layer: object, depth: int) -> int:
     return aux_layer % depth
 
 
-class CoSANet(nn.Module):
+class CoSANet(GradCheckpointingMixin, nn.Module):
     r"""The CoSA network: a ViT with a main and an auxiliary CAM classifier and a LargeFOV segmentation head.
 
     With :math:`F` the final-LayerNorm patch tokens of the last block and :math:`F_{aux}` the raw
@@ -204,19 +204,6 @@ class CoSANet(nn.Module):
                                          head_lr_mult=head_lr_mult, encoder_norm_lr_mult=encoder_norm_lr_mult,
                                          norm_weight_decay=norm_wd)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute the encoder's blocks in backward instead of storing their activations (same gradients).
-
-        Delegates to the encoder's ``set_grad_checkpointing``
-        (:meth:`wsseg.backbones.MixTransformer.set_grad_checkpointing`,
-        :meth:`wsseg.backbones.TimmViTBackbone.set_grad_checkpointing`); the engine calls it for
-        ``TrainConfig(grad_checkpointing=True)`` (``--grad-checkpointing``).
-
-        Raises:
-            ValueError: when enabling it on an encoder without gradient checkpointing (WideResNet-38 and
-                timm CNN backbones).
-        """
-        set_encoder_grad_checkpointing(self, self.encoder, enable)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, aux_layer={self.aux_layer}, pooling={self.pooling!r}, "

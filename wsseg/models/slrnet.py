@@ -17,7 +17,7 @@ from ..layers.prototype_init import PrototypeInit
 from ..layers.slrnet_aux_head import SLRNetAuxHead
 from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
-from ._grad_checkpointing import set_encoder_grad_checkpointing
+from ._grad_checkpointing import GradCheckpointingMixin
 from .registry import register_model
 
 __all__ = ["SLRNet", "SLRNetOutput", "slrnet", "slrnet_wr38"]
@@ -53,7 +53,7 @@ class SLRNetOutput(NamedTuple):
         return self.seg_logits1
 
 
-class SLRNet(nn.Module):
+class SLRNet(GradCheckpointingMixin, nn.Module):
     r"""The SLRNet network: backbone, ASPP decoder, aux head, cross-view low-rank factorisation, GCI head.
 
     With :math:`X_s, X_d` the shallow (stride 4) and deep (stride 8) backbone maps of a view,
@@ -120,6 +120,8 @@ class SLRNet(nn.Module):
         Semi-Supervised Semantic Segmentation", IJCV 2022; github.com/DesertsP/SLRNet, models/slrnet.py
         (``Net``), models/single_stage.py (1-Stage-WSeg, Araslanov & Roth CVPR 2020).
     """
+
+    _encoder_attr = "backbone"  # set_grad_checkpointing delegates to it
 
     def __init__(self, backbone: nn.Module, num_classes: int = 20, *, feature_dim: int = 256,
                  skip_out_channels: int = 48, aspp_dilations: Sequence[int] = (1, 12, 24, 36),
@@ -271,26 +273,6 @@ class SLRNet(nn.Module):
         ]
         return [g for g in groups if g["params"]]
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute the encoder's blocks in backward instead of storing their activations (same gradients).
-
-        Delegates to the encoder's ``set_grad_checkpointing``
-        (:meth:`wsseg.backbones.MixTransformer.set_grad_checkpointing`,
-        :meth:`wsseg.backbones.TimmViTBackbone.set_grad_checkpointing`); the engine calls it for
-        ``TrainConfig(grad_checkpointing=True)`` (``--grad-checkpointing``).
-
-        Raises:
-            ValueError: when enabling it on an encoder without gradient checkpointing (WideResNet-38 and
-                timm CNN backbones).
-
-        Example:
-            >>> net = wsseg.create_model("slrnet", backbone="resnet38d_w16", num_classes=3, feature_dim=16)
-            >>> net.set_grad_checkpointing()  # doctest: +ELLIPSIS
-            Traceback (most recent call last):
-            ...
-            ValueError: grad_checkpointing: SLRNet's encoder ResNet38d has no gradient checkpointing ...
-        """
-        set_encoder_grad_checkpointing(self, self.backbone, enable)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, num_atoms={self.num_atoms}, "

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
-from ._grad_checkpointing import set_encoder_grad_checkpointing
+from ._grad_checkpointing import GradCheckpointingMixin
 from ._param_groups import encoder_head_param_groups
 from .registry import register_model
 
@@ -38,7 +38,7 @@ class TSCDOutput(NamedTuple):
     aff: Tensor
 
 
-class TSCDNet(nn.Module):
+class TSCDNet(GradCheckpointingMixin, nn.Module):
     r"""The TSCD network: a transformer encoder with a CAM classifier, a segmentation decoder and an
     affinity head, trained end-to-end from image-level labels.
 
@@ -222,25 +222,6 @@ class TSCDNet(nn.Module):
                                          weight_decay=weight_decay, head_lr_mult=head_lr_mult,
                                          encoder_norm_lr_mult=encoder_norm_lr_mult, norm_weight_decay=0.0)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute the encoder's blocks in backward instead of storing their activations (same gradients).
-
-        Delegates to the encoder's ``set_grad_checkpointing``
-        (:meth:`wsseg.backbones.MixTransformer.set_grad_checkpointing`,
-        :meth:`wsseg.backbones.TimmViTBackbone.set_grad_checkpointing`); the engine calls it for
-        ``TrainConfig(grad_checkpointing=True)`` (``--grad-checkpointing``).
-
-        Raises:
-            ValueError: when enabling it on an encoder without gradient checkpointing (WideResNet-38 and
-                timm CNN backbones).
-
-        Example:
-            >>> net = wsseg.create_model("tscd", backbone="mit_b0", num_classes=3, decoder_dim=16)
-            >>> net.set_grad_checkpointing()
-            >>> net.encoder.grad_checkpointing
-            True
-        """
-        set_encoder_grad_checkpointing(self, self.encoder, enable)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, pooling={self.pooling!r}, num_attn_maps={self.num_attn_maps}, "

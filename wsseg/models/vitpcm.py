@@ -13,7 +13,7 @@ from ..layers.hv_bilstm import HVBiLSTM
 from ..layers.patch_classifier import PatchClassifier
 from ..utils.stride import fit_to_stride
 from ..utils.validation import check_tensor
-from ._grad_checkpointing import set_encoder_grad_checkpointing
+from ._grad_checkpointing import GradCheckpointingMixin
 from .registry import register_model
 
 __all__ = ["ViTPCM", "ViTPCMOutput", "vitpcm", "vitpcm_b16"]
@@ -45,7 +45,7 @@ def _encoder_blocks(encoder: nn.Module) -> nn.Module:
     return blocks
 
 
-class ViTPCM(nn.Module):
+class ViTPCM(GradCheckpointingMixin, nn.Module):
     r"""ViT-PCM: a CAM-free patch-class-map network (Rossetti et al., ECCV 2022).
 
     With :math:`F` the final-LayerNorm patch tokens of the ViT (class token removed) on a :math:`G_h \times
@@ -201,19 +201,6 @@ class ViTPCM(nn.Module):
                   {"name": "heads", "params": heads, "lr": base_lr, "weight_decay": weight_decay}]
         return [g for g in groups if g["params"]]
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute the encoder's blocks in backward instead of storing their activations (same gradients).
-
-        Delegates to the encoder's ``set_grad_checkpointing``
-        (:meth:`wsseg.backbones.MixTransformer.set_grad_checkpointing`,
-        :meth:`wsseg.backbones.TimmViTBackbone.set_grad_checkpointing`); the engine calls it for
-        ``TrainConfig(grad_checkpointing=True)`` (``--grad-checkpointing``).
-
-        Raises:
-            ValueError: when enabling it on an encoder without gradient checkpointing (WideResNet-38 and
-                timm CNN backbones).
-        """
-        set_encoder_grad_checkpointing(self, self.encoder, enable)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, num_unfrozen_blocks={self.num_unfrozen_blocks}"
