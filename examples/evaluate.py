@@ -299,7 +299,10 @@ def main(argv=None) -> dict:
         args.preset = method.name if method.name in MULTI_SCALE_INFERENCE_PRESETS else "tscd"
     device = torch.device(args.device)
     if ckpt is not None:
-        load_checkpoint(args.checkpoint, model, map_location="cpu", restore_rng=False)
+        try:  # the file was read and verified above: no second read
+            load_checkpoint(args.checkpoint, model, restore_rng=False, checkpoint=ckpt)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from err
     model.to(device).eval()
     if ckpt is not None:
         method.setup(model, device)          # method-owned networks (CoSA's EMA teacher) on the device ...

@@ -230,6 +230,25 @@ def _first_non_finite(ckpt: Mapping[str, Any], param_names: Mapping[int, str] | 
     return None
 
 
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
+    """Write ``path`` atomically: the caller writes ``<path>.tmp``, which is flushed to disk (``fsync``) and
+    renamed over ``path`` (``os.replace``) on success and removed on error, so a process killed at any moment
+    leaves the previous file or the new one, never a partial one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, step: int = 0, extra: Mapping[str, Any] | None = None, *,
                     check_finite: bool = True) -> Path:
@@ -287,17 +306,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
                                  f"values: {what}; the file there is kept")
     ckpt["integrity"] = {"format": CHECKPOINT_FORMAT, "algorithm": "sha256", "digest": _checkpoint_digest(ckpt)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(ckpt, f)
     return path
 
 
@@ -416,7 +426,8 @@ def _load_states(path: Path, ckpt: Mapping[str, Any], model: nn.Module, optimize
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, *, map_location: str | torch.device = "cpu",
                     restore_rng: bool = True, method: str | None = None,
-                    check_finite: bool = True) -> tuple[int, dict[str, Any]]:
+                    check_finite: bool = True,
+                    checkpoint: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and optimizer, scheduler).
 
     The file is read and verified by :func:`read_checkpoint` (content hash, finite state) before anything
@@ -430,6 +441,8 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
         restore_rng: also restore the Python, NumPy, torch and CUDA RNG states.
         method: the expected ``extra["method"]`` (``None``: not checked).
         check_finite: refuse a checkpoint whose training state holds NaN or inf.
+        checkpoint: the dict :func:`read_checkpoint` already returned for ``path`` (not read and verified
+            a second time), e.g. when its metadata was needed to build ``model``.
 
     Returns:
         ``(step, extra)``: the number of completed iterations and the metadata dict.
@@ -440,7 +453,8 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
             fit ``model`` / ``optimizer`` / ``scheduler`` (the message names the file and the keys).
     """
     path = Path(path)
-    ckpt = read_checkpoint(path, map_location=map_location, check_finite=check_finite)
+    ckpt = checkpoint if checkpoint is not None else read_checkpoint(path, map_location=map_location,
+                                                                     check_finite=check_finite)
     extra = dict(ckpt.get("extra") or {})
     if method is not None and extra.get("method") != method:
         raise ValueError(f"{path}: a checkpoint of method {extra.get('method')!r}, expected {method!r}")

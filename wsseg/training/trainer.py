@@ -7,7 +7,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from .loop import (
     _load_states,
     _rng_state,
     _set_rng_state,
+    atomic_open,
     move_batch,
     progress,
     read_checkpoint,
@@ -711,12 +711,8 @@ def _remove_run_files(out: Path) -> int:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _truncate_log(src: Path, dst: Path, start: int) -> list[int]:
@@ -746,12 +742,8 @@ def _truncate_log(src: Path, dst: Path, start: int) -> list[int]:
             if step < start:
                 kept.append(step)
                 out_lines.append(line)
-    tmp = dst.with_name(dst.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(dst, "w", newline="") as f:
         f.write("".join(out_lines))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
     return kept
 
 
