@@ -142,6 +142,50 @@ def test_selected_blocks_match_fused_path(b0):
         torch.testing.assert_close(f, g, rtol=1e-5, atol=1e-5)
 
 
+def test_need_attn_false_skips_the_logits_only(b0):
+    """CAM-only passes ask for no attention logits: same features, no logits, even with attn_indices set."""
+    x = torch.randn(2, 3, 64, 80)
+    ref = b0(x)
+    out = b0(x, need_attn=False)
+    assert len(ref.attn_logits) == 2 and out.attn_logits == []
+    for f, g in zip(out.features, ref.features, strict=True):
+        torch.testing.assert_close(f, g, rtol=1e-5, atol=1e-5)
+
+
+def test_token_grid_round_trips_match_a_contiguous_formulation(b0):
+    """The encoder reshapes tokens to grids as channels-last views (no copies); every stage map equals the
+    same blocks run with the official contiguous ``transpose(1, 2).reshape(B, C, H, W)`` round trips."""
+    x = torch.randn(2, 3, 64, 64)
+    out = b0(x)
+    y, feats = x, []
+    for s in range(4):
+        emb = getattr(b0, f"patch_embed{s + 1}")
+        z = emb.proj(y.contiguous())
+        h, w = z.shape[-2:]
+        t = emb.norm(z.flatten(2).transpose(1, 2).contiguous())
+        for blk in getattr(b0, f"block{s + 1}"):
+            a = blk.attn
+            n1 = blk.norm1(t)
+            b, n, c = n1.shape
+            q = a.q(n1).reshape(b, n, a.num_heads, -1).transpose(1, 2)
+            kv_in = n1
+            if a.sr_ratio > 1:
+                kv_in = a.norm(a.sr(n1.transpose(1, 2).reshape(b, c, h, w).contiguous()).flatten(2).transpose(1, 2))
+            k, v = a.kv(kv_in).reshape(b, -1, 2, a.num_heads, c // a.num_heads).permute(2, 0, 3, 1, 4)
+            att = ((q @ k.transpose(-2, -1)) * a.scale).softmax(-1) @ v
+            t = t + a.proj(att.transpose(1, 2).reshape(b, n, c))
+            m = blk.mlp
+            hid = m.fc1(blk.norm2(t))
+            grid = hid.transpose(1, 2).reshape(b, -1, h, w).contiguous()
+            t = t + m.fc2(m.act(m.dwconv.dwconv(grid).flatten(2).transpose(1, 2)))
+        t = getattr(b0, f"norm{s + 1}")(t)
+        y = t.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        feats.append(y)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in out.features)
+    for f, g in zip(out.features, feats, strict=True):
+        torch.testing.assert_close(f, g, rtol=1e-4, atol=1e-5)
+
+
 def test_checkpoint_key_layout():
     keys = set(mit_b1().state_dict())
     for k in ["patch_embed1.proj.weight", "patch_embed1.norm.weight", "patch_embed4.proj.bias",

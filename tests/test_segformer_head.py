@@ -170,3 +170,57 @@ def test_forward_validation():
         head([torch.randn(4, 4, 4), torch.randn(1, 8, 2, 2)])
     with pytest.raises(TypeError, match=r"features\[0\]"):
         head([torch.zeros(1, 4, 4, 4, dtype=torch.long), torch.randn(1, 8, 2, 2)])
+
+
+def _concat_then_fuse(head, feats):
+    """The official order, written out: project, upsample every map, concatenate deepest-first, fuse."""
+    size = feats[0].shape[-2:]
+    maps = []
+    for f, lin in zip(feats, head.proj, strict=True):
+        e = torch.einsum("bchw,dc->bdhw", f, lin.weight) + lin.bias[None, :, None, None]
+        if e.shape[-2:] != size:
+            e = F.interpolate(e, size=size, mode="bilinear", align_corners=False)
+        maps.append(e)
+    x = torch.cat(maps[::-1], dim=1)
+    x = torch.einsum("bchw,dc->bdhw", x, head.fuse[0].weight.flatten(1))
+    if head.fuse[0].bias is not None:
+        x = x + head.fuse[0].bias[None, :, None, None]
+    for m in list(head.fuse)[1:]:
+        x = m(x)
+    return head.pred(x)
+
+
+@pytest.mark.parametrize("norm", ["bn", "none"])
+@pytest.mark.parametrize("strides", [(4, 8, 16, 16), (4, 8, 16, 32), (16, 16, 16, 16)])
+def test_low_resolution_fusion_equals_concat_then_fuse(norm, strides):
+    """The head fuses each map at its own resolution (the 1x1 fusion conv commutes with the per-channel
+    bilinear upsampling): same output, BatchNorm batch statistics, running statistics and gradients as
+    concatenating at full resolution first (float64, train mode, dropout off)."""
+    torch.manual_seed(0)
+    head = SegFormerHead(MIT_CHANNELS, num_classes=5, embed_dim=12, dropout=0.0, norm=norm).double().train()
+    ref = SegFormerHead(MIT_CHANNELS, num_classes=5, embed_dim=12, dropout=0.0, norm=norm).double().train()
+    ref.load_state_dict(head.state_dict())
+    feats = _mit_features(size=64, strides=strides, dtype=torch.float64)
+    f1 = [f.clone().requires_grad_() for f in feats]
+    f2 = [f.clone().requires_grad_() for f in feats]
+    out, expected = head(f1), _concat_then_fuse(ref, f2)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    out.backward(g)
+    expected.backward(g)
+    for a, b in zip(f1, f2, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+    for (name, p), q in zip(head.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=name)
+    for a, b in zip(head.buffers(), ref.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_low_resolution_fusion_float32_and_autocast():
+    torch.manual_seed(0)
+    head = SegFormerHead(MIT_CHANNELS, num_classes=5, embed_dim=16, dropout=0.0).eval()
+    feats = _mit_features(size=64)
+    torch.testing.assert_close(head(feats), _concat_then_fuse(head, feats), rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(feats)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

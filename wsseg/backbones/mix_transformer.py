@@ -9,6 +9,7 @@ from os import PathLike
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from einops import rearrange
 from torch import Tensor, nn
 
 from ..utils.validation import check_tensor
@@ -37,6 +38,17 @@ def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     keep = 1.0 - p
     mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask / keep
+
+
+def _token_grid(x: Tensor, h: int, w: int) -> Tensor:
+    """Tokens ``(B, h*w, C)`` as a ``(B, C, h, w)`` map **without a copy** (a channels-last view).
+
+    A convolution of a channels-last input returns a channels-last output, whose ``flatten(2).transpose(1, 2)``
+    is again a contiguous token sequence: the token <-> grid round trips around the depthwise, the
+    spatial-reduction and the patch-embedding convolutions copy nothing (the official code's
+    ``transpose(1, 2).view(B, C, H, W)`` / ``permute(...).contiguous()`` copy every map twice).
+    """
+    return rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
 
 
 class _DropPath(nn.Module):
@@ -90,7 +102,7 @@ class _EfficientSelfAttention(nn.Module):
         b, n, c = x.shape
         q = self.q(x).reshape(b, n, self.num_heads, -1).transpose(1, 2)
         if self.sr_ratio > 1:
-            x = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+            x = self.sr(_token_grid(x, h, w)).flatten(2).transpose(1, 2)
             x = self.norm(x)
         k, v = self.kv(x).reshape(b, -1, 2, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         return q, k, v
@@ -128,8 +140,7 @@ class _DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        b, n, c = x.shape
-        return self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+        return self.dwconv(_token_grid(x, h, w)).flatten(2).transpose(1, 2)
 
 
 class _MixFFN(nn.Module):
@@ -367,12 +378,15 @@ class MixTransformer(nn.Module):
                 raise ValueError(f"x: spatial size {tuple(x.shape[-2:])} too small: stage {s + 1} grid "
                                  f"{h}x{w} is smaller than its spatial-reduction ratio {self.sr_ratios[s]}")
 
-    def forward(self, x: Tensor) -> BackboneOutput:
-        """Run the encoder; returns the four stage maps and the selected attention logits."""
+    def forward(self, x: Tensor, need_attn: bool = True) -> BackboneOutput:
+        """Run the encoder; returns the four stage maps and the selected attention logits.
+
+        ``need_attn=False`` skips the attention logits (``attn_logits`` is then empty): every block uses
+        the fused attention kernel, as the CAM-only passes need (same features up to float rounding).
+        """
         self._check_input(x)
-        b = x.shape[0]
         features: list[Tensor] = []
-        wanted = set(self.attn_indices)
+        wanted = set(self.attn_indices) if need_attn else set()
         order: dict[int, Tensor] = {}
         cur = 0
         ckpt = self.grad_checkpointing and torch.is_grad_enabled()
@@ -388,9 +402,9 @@ class MixTransformer(nn.Module):
                     order[cur] = lg
                 cur += 1
             tokens = getattr(self, f"norm{s + 1}")(tokens)
-            x = tokens.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+            x = _token_grid(tokens, h, w)
             features.append(x)
-        logits = [order[i] for i in self.attn_indices]
+        logits = [order[i] for i in self.attn_indices] if need_attn else []
         return BackboneOutput(features=features, attn_logits=logits)
 
     def extra_repr(self) -> str:

@@ -401,21 +401,23 @@ class TimmViTBackbone(nn.Module):
         """``(norm_params, other_params)`` of the ViT; see :func:`split_norm_parameters`."""
         return split_norm_parameters(self)
 
-    def forward(self, x: Tensor) -> BackboneOutput:
-        """Run the ViT; returns the selected block maps and attention logits."""
+    def forward(self, x: Tensor, need_attn: bool = True) -> BackboneOutput:
+        """Run the ViT; returns the selected block maps and attention logits (none with ``need_attn=False``,
+        which saves their extra :math:`QK^\top` products in CAM-only passes)."""
         check_tensor(x, "x", ndim=4, dims="(B, C, H, W)", dtype="float")
         p = self.patch_size
         if x.shape[1] != self.in_chans or x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"x: expected (B, {self.in_chans}, H, W) with H and W multiples of the patch size "
                              f"{p}, got shape {tuple(x.shape)}")
         last = len(self.model.blocks) - 1
-        take = sorted(set(self.out_indices) | set(self.attn_indices))
+        attn_indices = self.attn_indices if need_attn else ()
+        take = sorted(set(self.out_indices) | set(attn_indices))
         if self.grad_checkpointing:
             if torch.is_grad_enabled():
                 self._check_non_reentrant()
             # timm's loop checkpoints when its flag is set: only where there is a backward to save memory for
             self.model.grad_checkpointing = torch.is_grad_enabled()
-        self._captured = {}
+        self._captured = {} if need_attn else None
         try:
             final, inter = self.model.forward_intermediates(
                 x, indices=take, norm=False, stop_early=True, output_fmt="NCHW")
@@ -428,7 +430,7 @@ class TimmViTBackbone(nn.Module):
             tokens = final[:, self.num_prefix_tokens:]
             maps[last] = tokens.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
         return BackboneOutput(features=[maps[i] for i in self.out_indices],
-                              attn_logits=[captured[i] for i in self.attn_indices])
+                              attn_logits=[captured[i] for i in attn_indices])
 
     def extra_repr(self) -> str:
         return (f"model_name={self.model_name!r}, out_indices={self.out_indices}, "

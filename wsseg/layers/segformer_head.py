@@ -84,11 +84,17 @@ def segformer_head(features: Sequence[Tensor], proj_weights: Sequence[Tensor], p
             f"proj_weights: expected {len(feats)} weights and biases (one per feature map), "
             f"got {len(proj_weights)} and {len(proj_biases)}"
         )
+    for f, w in zip(feats, proj_weights, strict=False):
+        if w.shape[1] != f.shape[1]:
+            raise ValueError(f"features: a map has {f.shape[1]} channels but its projection expects {w.shape[1]}")
+    first = fuse[0] if isinstance(fuse, nn.Sequential) and len(fuse) > 0 else None
+    if (isinstance(first, nn.Conv2d) and first.kernel_size == (1, 1) and first.stride == (1, 1)
+            and first.padding == (0, 0) and first.groups == 1 and first.in_channels == sum(w.shape[0]
+                                                                                        for w in proj_weights)):
+        return pred(fuse[1:](_fused_low_resolution(feats, proj_weights, proj_biases, first, align_corners)))
     size = feats[0].shape[-2:]
     projected = []
     for f, w, b in zip(feats, proj_weights, proj_biases, strict=False):
-        if w.shape[1] != f.shape[1]:
-            raise ValueError(f"features: a map has {f.shape[1]} channels but its projection expects {w.shape[1]}")
         # A per-token linear layer == a 1x1 convolution with the same weights.
         e = F.conv2d(f, w[:, :, None, None], b)
         if e.shape[-2:] != size:
@@ -96,6 +102,39 @@ def segformer_head(features: Sequence[Tensor], proj_weights: Sequence[Tensor], p
         projected.append(e)
     x = torch.cat(projected[::-1], dim=1)
     return pred(fuse(x))
+
+
+def _fused_low_resolution(feats: Sequence[Tensor], proj_weights: Sequence[Tensor], proj_biases: Sequence[Tensor],
+                          conv: nn.Conv2d, align_corners: bool) -> Tensor:
+    r"""The fusion convolution's output :math:`W_{\text{fuse}} [\mathrm{up}(W_{L-1} F_{L-1} + b_{L-1}); \dots]`
+    computed without the concatenation.
+
+    Bilinear upsampling acts on each channel alone and the 1×1 fusion conv mixes channels per position, so
+    the two commute: the fusion weight's slice for map ``i`` is multiplied into that map's projection
+    (:math:`V_i = W_{\text{fuse},i} W_i`), applied **at the map's own resolution**, maps of equal size are
+    summed before one upsampling, and the biases fold into one constant
+    (:math:`\sum_i W_{\text{fuse},i} b_i`, an upsampled constant is the constant). Same function as the
+    concatenate-then-fuse order up to float rounding; at crop 512 it saves the (B, L·D, h_0, w_0)
+    concatenation and three quarters of the fusion multiply-adds (:math:`L = 4`).
+    """
+    size = feats[0].shape[-2:]
+    weight = conv.weight.flatten(1)  # (D_out, L*D), slots deepest map first
+    d = proj_weights[0].shape[0]
+    n = len(feats)
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    by_size: dict[tuple[int, int], Tensor] = {}
+    for i, (f, w, b) in enumerate(zip(feats, proj_weights, proj_biases, strict=False)):
+        slot = weight[:, (n - 1 - i) * d:(n - i) * d]
+        y = F.conv2d(f, (slot @ w)[:, :, None, None])
+        if b is not None:
+            bias = bias + slot @ b
+        key = tuple(f.shape[-2:])
+        by_size[key] = y if key not in by_size else by_size[key] + y
+    out = by_size.pop(tuple(size), None)
+    for y in by_size.values():
+        y = F.interpolate(y, size=size, mode="bilinear", align_corners=align_corners)
+        out = y if out is None else out + y
+    return out + bias[None, :, None, None]
 
 
 class SegFormerHead(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -114,6 +115,8 @@ class TSCDNet(GradCheckpointingMixin, nn.Module):
         self.num_attn_maps = int(num_attn_maps)
         self.cam_runs_decoder = bool(cam_runs_decoder)
         self.encoder = backbone
+        # wsseg backbones can skip the attention logits in CAM-only passes (fused attention kernel there)
+        self._encoder_skips_attn = "need_attn" in inspect.signature(backbone.forward).parameters
         channels = list(backbone.out_channels)
         self.classifier = nn.Conv2d(channels[-1], self.num_classes, kernel_size=1, bias=False)
         self.decoder = SegFormerHead(channels, self.num_classes + 1, embed_dim=decoder_dim,
@@ -154,10 +157,12 @@ class TSCDNet(GradCheckpointingMixin, nn.Module):
         return fit_to_stride(x, multiple, min_size)
 
     # ------------------------------------------------------------------ forward
-    def _encode(self, x: Tensor):
+    def _encode(self, x: Tensor, need_attn: bool = True):
         check_tensor(x, "x", ndim=4, dims="(B, 3, H, W)", dtype="float")
         if x.shape[1] != 3:
             raise ValueError(f"x: expected 3 channels (B, 3, H, W), got shape {tuple(x.shape)}")
+        if not need_attn and self._encoder_skips_attn:
+            return self.encoder(x, need_attn=False)
         return self.encoder(x)
 
     def _attention(self, attn_logits: Sequence[Tensor]) -> Tensor:
@@ -194,7 +199,7 @@ class TSCDNet(GradCheckpointingMixin, nn.Module):
             - x: :math:`(B, 3, H, W)`.
             - output: :math:`(B, K, H/s, W/s)`, s = :attr:`stride`.
         """
-        out = self._encode(x)
+        out = self._encode(x, need_attn=False)
         feats = list(out.features)
         if self.cam_runs_decoder:
             self.decoder(feats)
