@@ -1,7 +1,9 @@
 """Benchmark: SLRNet's LowRankFactorization (forward + backward) vs the official formulation.
 
-Compares :class:`wsseg.layers.LowRankFactorization` — token-major E-step (softmax over a contiguous K
-axis), ``bmm`` contractions, in-place final ReLU — with ``tests/reference/official_slrnet_lowrank.py``
+Compares :class:`wsseg.layers.LowRankFactorization` — its map path: a hand-written backward, W1 folded
+into the K atoms instead of applied to the N tokens (the M-step weights sum to 1 over the tokens), the views
+read in place without concatenation, the three token-gradient terms accumulated in place — with
+``tests/reference/official_slrnet_lowrank.py``
 (the official ``FactorizationReconstruction`` formulation and the cross-view concatenation of
 ``Net.forward``), same weights, at the official sizes: view 1 81×81 and view 2 40×40 tokens (crop 321,
 0.5× second view), d = 256, K = 21 atoms, T = 1, B = 2 and 4, float32.

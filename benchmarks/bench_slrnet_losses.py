@@ -6,7 +6,9 @@ K + 1 = 21 channels / atoms, pseudo labels 321×321), B = 2 and 4:
 (a) **consistency** — ``inverse_view`` of the view-2 probabilities and codes to 81×81, then
     :class:`wsseg.losses.MaskConsistencyLoss` + :class:`wsseg.losses.CodeConsistencyLoss` (weights 4, 4),
     vs the official ``inverse_transform`` + ``reg_loss`` + ``code_reg_loss`` (``max_onehot`` by index-put)
-    of ``tests/reference/official_slrnet_losses.py``.
+    of ``tests/reference/official_slrnet_losses.py``. The leaves are the four probability / code maps
+    (softmax outputs made once, outside the timing: the heads' softmax is the same on both sides and is
+    not part of these components); gradients are checked with respect to them.
 (b) **nGWP** — softmax + :class:`wsseg.layers.NGWPPooling` + multilabel soft margin, for the main head
     (background logit 1), vs the official ``classifier_forward``.
 (c) **gated CE** — :class:`wsseg.losses.GatedClassBalancedCE` on a ``(B, 321, 321)`` label map vs the
@@ -15,12 +17,16 @@ K + 1 = 21 channels / atoms, pseudo labels 321×321), B = 2 and 4:
 
 Outputs are checked first: losses and gradients equal to 1e-5. Time: every (method, case) runs in a fresh
 subprocess with one warm-up call, then ``--repeats`` timed calls; the subprocesses of the methods are
-interleaved over ``--rounds`` rounds and the median of all timed calls is reported. Peak memory: rise of the
-process's peak RSS during the first (warm-up) call over the RSS just before it (``benchmarks/_memory.py``).
+interleaved over ``--rounds`` rounds and the median of all timed calls is reported. With ``--interleaved``
+both methods are timed in this one process instead, call by call alternately (one warm-up each, then
+``repeats × rounds`` rounds, ``benchmarks/_compare.py``): on a machine shared with other jobs this exposes both
+methods to the same load and heap state. Peak memory (either way): rise of a fresh subprocess's peak RSS during
+its first (warm-up) call over the RSS just before it (``benchmarks/_memory.py``).
 
 Usage::
 
     python benchmarks/bench_slrnet_losses.py [--quick] [--repeats 5] [--rounds 2] [--threads 1]
+        [--kinds consistency ngwp ce]
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ sys.path.insert(0, REPO)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks._compare import interleaved_medians  # noqa: E402
 from benchmarks._memory import peak_rss_increase_mib  # noqa: E402
 from tests.reference.official_slrnet_losses import (  # noqa: E402
     label_map_to_onehot,
@@ -61,10 +68,10 @@ def make_inputs(kind: str, B: int, seed: int = 0) -> dict:
     for b in range(B):
         labels[b, torch.randperm(K1 - 1, generator=g)[:1 + b % 3]] = 1            # 1-3 classes present
     if kind == "consistency":
-        return {"logits1": 2 * torch.randn(B, K1, H1, H1, generator=g),
-                "logits2": 2 * torch.randn(B, K1, H2, H2, generator=g),
-                "dots1": 3 * torch.randn(B, K1, H1, H1, generator=g),
-                "dots2": 3 * torch.randn(B, K1, H2, H2, generator=g), "labels": labels}
+        return {"probs1": (2 * torch.randn(B, K1, H1, H1, generator=g)).softmax(1),
+                "probs2": (2 * torch.randn(B, K1, H2, H2, generator=g)).softmax(1),
+                "codes1": (3 * torch.randn(B, K1, H1, H1, generator=g)).softmax(1),
+                "codes2": (3 * torch.randn(B, K1, H2, H2, generator=g)).softmax(1), "labels": labels}
     if kind == "ngwp":
         return {"fg": 3 * torch.randn(B, K1 - 1, H1, H1, generator=g), "labels": labels}
     target = torch.zeros(B, CROP, CROP, dtype=torch.long)
@@ -85,8 +92,8 @@ def _leaves(inp: dict, names) -> list:
 
 
 def run_consistency(method: str, inp: dict):
-    l1, l2, d1, d2 = _leaves(inp, ("logits1", "logits2", "dots1", "dots2"))
-    p1, p2, c1, c2 = l1.softmax(1), l2.softmax(1), d1.softmax(1), d2.softmax(1)
+    # leaves: the probabilities and codes themselves (the heads' softmax is common to both sides, not timed)
+    p1, p2, c1, c2 = _leaves(inp, ("probs1", "probs2", "codes1", "codes2"))
     if method == "official":
         _, inv = official_affine_transform(torch.empty(1, 1, CROP, CROP), 0.5)
         loss = 4 * official_mask_reg_loss(p1, inv(p2, (H1, H1)), inp["labels"]) \
@@ -94,7 +101,7 @@ def run_consistency(method: str, inp: dict):
     else:
         loss = 4 * _MASK(p1, inverse_view(p2, p1), inp["labels"]) + 4 * _CODE(c1, inverse_view(c2, c1))
     loss.backward()
-    return loss.detach(), [l1.grad, l2.grad, d1.grad, d2.grad]
+    return loss.detach(), [p1.grad, p2.grad, c1.grad, c2.grad]
 
 
 def run_ngwp(method: str, inp: dict):
@@ -149,8 +156,12 @@ def check(kind: str, B: int) -> None:
     assert float(loss) != 0.0, f"{kind}: degenerate zero loss"
 
 
-def run_case(kind: str, B: int, repeats: int, rounds: int, threads: int) -> dict:
+def run_case(kind: str, B: int, repeats: int, rounds: int, threads: int, interleaved: bool = False) -> dict:
     res = {m: {"times": [], "peak_mib": None} for m in METHODS}
+    if interleaved:
+        inp = make_inputs(kind, B)
+        medians = interleaved_medians(METHODS, lambda m: KINDS[kind](m, inp), repeats * rounds)
+        rounds = 1  # the subprocesses below only measure the peak memory
     for _ in range(rounds):
         for method in METHODS:
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--repeats", str(repeats),
@@ -160,6 +171,8 @@ def run_case(kind: str, B: int, repeats: int, rounds: int, threads: int) -> dict
             res[method]["times"] += r["times"]
             if res[method]["peak_mib"] is None:
                 res[method]["peak_mib"] = r["peak_mib"]
+    if interleaved:
+        return {m: {"time_ms": 1e3 * medians[m], "peak_mib": r["peak_mib"]} for m, r in res.items()}
     return {m: {"time_ms": 1e3 * statistics.median(r["times"]), "peak_mib": r["peak_mib"]} for m, r in res.items()}
 
 
@@ -169,6 +182,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved subprocess rounds per method")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="time both methods alternately in this process (memory still per subprocess)")
+    parser.add_argument("--kinds", nargs="+", choices=tuple(KINDS), default=tuple(KINDS),
+                        help="cases to run (default: all)")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "METHOD", "B"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,14 +196,15 @@ def main() -> None:
 
     batches = (2,) if args.quick else (2, 4)
     rounds = 1 if args.quick else args.rounds
-    print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats} x rounds {rounds} (median); "
+    print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats} x rounds {rounds} (median, "
+          f"{'interleaved in one process' if args.interleaved else 'one subprocess per method and round'}); "
           "losses and gradients asserted equal to 1e-5 first\n")
     print("| component | B | official [ms] | wsseg [ms] | speed-up | official peak [MiB] | wsseg peak [MiB] |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for kind in KINDS:
+    for kind in args.kinds:
         for B in batches:
             check(kind, B)
-            r = run_case(kind, B, args.repeats, rounds, args.threads)
+            r = run_case(kind, B, args.repeats, rounds, args.threads, args.interleaved)
             o, w = r["official"], r["wsseg"]
             print(f"| {TITLES[kind]} | {B} | {o['time_ms']:.1f} | {w['time_ms']:.1f} | "
                   f"{o['time_ms'] / w['time_ms']:.2f}× | {o['peak_mib']:.1f} | {w['peak_mib']:.1f} |", flush=True)

@@ -419,3 +419,89 @@ def test_float64_module_gradcheck_through_maps():
     x2 = torch.randn(1, 4, 2, 2, dtype=torch.float64, requires_grad=True)
     d0 = torch.randn(1, 3, 4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a, b: torch.cat([o.flatten() for o in lrf([a, b], d0).out]), (x, x2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the map path (hand-written backward, W1 never applied to the tokens) against the official formulation
+
+
+@pytest.mark.parametrize("num_iters, temperature, used", [(1, 1.0, "all"), (3, 0.7, "all"), (2, 1.0, "codes"),
+                                                          (1, 1.0, "dictionary"), (2, 0.5, "out")])
+def test_map_path_matches_official_with_init_gradient(num_iters, temperature, used):
+    """detach_init=False (gradient into the prototypes through W1), partial use of the outputs (the unused
+    ones get no gradient), single-view and two-view calls, float64."""
+    d, K = 12, 4
+    ours, ref = _pair(d, num_iters=num_iters, temperature=temperature, detach_init=False)
+    for sizes in (((7, 5), (3, 4)), ((6, 6),)):
+        ours.zero_grad()
+        ref.zero_grad()
+        maps = [m.requires_grad_() for m in _views(d=d, sizes=sizes, seed=len(sizes))]
+        maps_r = [m.detach().clone().requires_grad_() for m in maps]
+        d0 = torch.randn(2, K, d, dtype=torch.float64, requires_grad=True)
+        d0_r = d0.detach().clone().requires_grad_()
+        res = ours(maps if len(maps) > 1 else maps[0], d0)
+        outs = list(res.out) if len(maps) > 1 else [res.out]
+        codes = list(res.codes) if len(maps) > 1 else [res.codes]
+        outs_r, codes_r, dict_r = official_cross_view(ref, maps_r, d0_r.transpose(1, 2))
+        for a, b in zip(outs + codes + [res.dictionary], outs_r + codes_r + [dict_r], strict=True):
+            _close(a, b, 1e-10)
+        g = torch.Generator().manual_seed(7)
+        pick = {"all": (True, True, True), "out": (True, False, False), "codes": (False, True, False),
+                "dictionary": (False, False, True)}[used]
+
+        def loss_of(o, c, dct, pick=pick, g=g):
+            g.manual_seed(7)
+            total = sum((x * torch.randn(x.shape, generator=g, dtype=x.dtype)).sum() for x in o) if pick[0] else 0
+            total = total + (sum((x * torch.randn(x.shape, generator=g, dtype=x.dtype)).sum() for x in c)
+                             if pick[1] else 0)
+            return total + ((dct * torch.randn(dct.shape, generator=g, dtype=dct.dtype)).sum() if pick[2] else 0)
+
+        loss_of(outs, codes, res.dictionary).backward()
+        loss_of(outs_r, codes_r, dict_r).backward()
+        for a, b in zip(maps + [d0], maps_r + [d0_r], strict=True):
+            _close(a.grad, b.grad, 1e-10)
+        for name, p in ours.named_parameters():
+            ref_grad = dict(ref.named_parameters())[name].grad  # None: W2 does not reach the codes
+            _close(p.grad, torch.zeros_like(p) if ref_grad is None else ref_grad, 1e-10)
+
+
+def test_map_path_gradcheck_all_inputs_and_parameters():
+    """float64 gradcheck of the hand-written backward w.r.t. both views, the prototypes and W1, b1, W2, b2."""
+    lrf = LowRankFactorization(3, num_iters=2, temperature=0.5, detach_init=False).double()
+    g = torch.Generator().manual_seed(2)
+    x1 = torch.randn(1, 3, 2, 3, dtype=torch.float64, generator=g).requires_grad_()
+    x2 = torch.randn(1, 3, 2, 1, dtype=torch.float64, generator=g).requires_grad_()
+    d0 = torch.randn(1, 2, 3, dtype=torch.float64, generator=g).requires_grad_()
+    names = [n for n, _ in lrf.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for _, p in lrf.named_parameters()]
+
+    def fn(a, b, z, *ps):
+        res = torch.func.functional_call(lrf, dict(zip(names, ps, strict=True)), ([a, b], z))
+        return (*res.out, *res.codes, res.dictionary)
+
+    assert torch.autograd.gradcheck(fn, (x1, x2, d0, *params))
+
+
+def test_map_path_contiguous_outputs_any_input_layout():
+    """Outputs are contiguous NCHW maps; channels-last inputs give the same values."""
+    ours, _ = _pair(16, dtype=torch.float32)
+    views = _views(dtype=torch.float32)
+    d0 = torch.randn(2, 5, 16)
+    res = ours(views, d0)
+    res_cl = ours([v.contiguous(memory_format=torch.channels_last) for v in views], d0)
+    assert all(o.is_contiguous() for o in res.out + res_cl.out)
+    for a, b in zip(res.out + res.codes, res_cl.out + res_cl.codes, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_map_path_retained_graph_second_backward_is_equal():
+    ours, _ = _pair(8, num_iters=2, detach_init=False)
+    views = [v.requires_grad_() for v in _views(d=8)]
+    d0 = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    res = ours(views, d0)
+    loss = sum(o.sum() for o in res.out) + (res.codes[0] ** 2).sum() + res.dictionary.sum()
+    inputs = [*views, d0, *ours.parameters()]
+    first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    second = torch.autograd.grad(loss, inputs)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)

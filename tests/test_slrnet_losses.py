@@ -439,3 +439,96 @@ def test_gated_ce_gradcheck_reductions_module_errors():
         gated_class_balanced_ce(logits, target[:1], labels)
     with pytest.raises(ValueError, match="reduction"):
         GatedClassBalancedCE(reduction="batch")
+
+
+# ================================================================ fused paths (selected channels, per-token maxima,
+# separable resize backward) against the official formulation and PyTorch's own kernels
+def test_inverse_view_backward_equals_the_interpolation_kernel():
+    g = torch.Generator().manual_seed(11)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+        for src, dst in (((40, 40), (81, 81)), ((5, 7), (9, 4)), ((1, 3), (4, 1)), ((6, 6), (6, 6))):
+            x = torch.randn(3, 2, *src, generator=g, dtype=dtype)
+            flip = torch.tensor([True, False, True])
+            a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            ya = inverse_view(a, dst, flip=flip)
+            yb = F.interpolate(torch.where(flip[:, None, None, None], b.flip(-1), b), size=dst, mode="bilinear",
+                               align_corners=True)
+            assert torch.equal(ya, yb)                                        # the kernel's forward
+            up = torch.randn(ya.shape, generator=g, dtype=dtype)
+            (ya * up).sum().backward()
+            (yb * up).sum().backward()
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=tol)
+    x = torch.randn(2, 2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: inverse_view(t, (5, 6), flip=True), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: inverse_view(t, (5, 6)), (x,))
+
+
+def test_mask_consistency_selected_channels_and_empty_selection():
+    g = torch.Generator().manual_seed(12)
+    p1, p2 = _probs(3, 5, 6, 7, g), _probs(3, 5, 6, 7, g)
+    labels = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0]])  # one empty image
+    for red in ("mean", "sum"):
+        res = []
+        for fn in (official_mask_reg_loss, mask_consistency_loss):
+            a, b = p1.clone().requires_grad_(True), p2.clone().requires_grad_(True)
+            loss = fn(a, b, labels) if fn is official_mask_reg_loss else fn(a, b, labels, reduction=red)
+            if fn is official_mask_reg_loss and red == "sum":
+                loss = loss * labels.numel() * 6 * 7                        # official mean -> sum
+            loss.backward()
+            res.append((loss.detach(), a.grad, b.grad))
+        for r, o, name in zip(res[0], res[1], ("loss", "d probs1", "d probs2"), strict=True):
+            torch.testing.assert_close(o, r, rtol=1e-6, atol=1e-6, msg=lambda m, n=name, red=red: f"{red} {n}: {m}")
+    a = p1.clone().requires_grad_(True)
+    loss = mask_consistency_loss(a, p2, torch.zeros(3, 4))                  # no class present: 0, zero gradient
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.equal(a.grad, torch.zeros_like(a))
+
+
+def _transcribed_code_loss(c1, c2, keep_ties, reduction):
+    """slrnet.md §3 transcribed: L1 between the value-kept max masks (all ties, or the first maximum)."""
+    def mu(c):
+        if keep_ties:
+            return c * (c == c.amax(1, keepdim=True))
+        return c * F.one_hot(c.argmax(1), c.shape[1]).movedim(-1, 1)
+    diff = (mu(c1) - mu(c2)).abs()
+    return diff.mean() if reduction == "mean" else diff.sum()
+
+
+@pytest.mark.parametrize("keep_ties", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_code_consistency_ties_negative_codes_against_transcription(keep_ties, reduction):
+    """Partially shared tied maxima, negative and zero maxima (sign of m), first-maximum option."""
+    g = torch.Generator().manual_seed(13)
+    levels = torch.tensor([-0.5, -0.2, 0.0, 0.3])
+    c1 = levels[torch.randint(0, 4, (2, 5, 6, 6), generator=g)]
+    c2 = levels[torch.randint(0, 4, (2, 5, 6, 6), generator=g)]
+    c2[:, :, :3] = torch.softmax(torch.randn(2, 5, 3, 6, generator=g), 1)   # no ties in half of view 2
+    res = []
+    for fn in (_transcribed_code_loss, code_consistency_loss):
+        a, b = c1.clone().requires_grad_(True), c2.clone().requires_grad_(True)
+        loss = fn(a, b, keep_ties, reduction) if fn is _transcribed_code_loss else \
+            fn(a, b, keep_ties=keep_ties, reduction=reduction)
+        loss.backward()
+        res.append((loss.detach(), a.grad, b.grad))
+    for r, o, name in zip(res[0], res[1], ("loss", "d codes1", "d codes2"), strict=True):
+        torch.testing.assert_close(o, r, rtol=1e-6, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    if keep_ties:
+        a, b = c1.clone().requires_grad_(True), c2.clone().requires_grad_(True)
+        (official_code_reg_loss(a, b) * (1 if reduction == "mean" else c1.numel())).backward()
+        torch.testing.assert_close(res[1][1], a.grad, rtol=0, atol=1e-6)
+        torch.testing.assert_close(res[1][2], b.grad, rtol=0, atol=1e-6)
+
+
+def test_consistency_losses_retained_graph_second_backward_is_equal():
+    """The fused code loss turns its forward buffers into the gradients once; a retained graph recomputes."""
+    g = torch.Generator().manual_seed(14)
+    c1, c2 = torch.softmax(torch.randn(2, 5, 6, 6, generator=g), 1), _codes_with_ties(2, 5, 6, 6, g)
+    p1, p2 = _probs(2, 5, 6, 6, g), _probs(2, 5, 3, 3, g)
+    labels = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    leaves = [t.clone().requires_grad_(True) for t in (c1, c2, p1, p2)]
+    loss = code_consistency_loss(leaves[0], leaves[1]) + mask_consistency_loss(
+        leaves[2], inverse_view(leaves[3], leaves[2]), labels)
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)

@@ -7,6 +7,8 @@ they live in :mod:`wsseg.layers`.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,6 +33,60 @@ def _apply_flip(x: Tensor, flip: bool | Tensor) -> Tensor:
     if isinstance(flip, bool):
         return x.flip(-1) if flip else x
     return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+
+
+@lru_cache(maxsize=32)
+def _resize_matrix(n_out: int, n_in: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(n_out, n_in) matrix of 1-D linear interpolation with ``align_corners=True``, with the weights of
+    PyTorch's CPU/CUDA kernel (scale ``(n_in - 1) / (n_out - 1)`` and source positions in ``dtype``)."""
+    scale = torch.tensor(float(n_in - 1), dtype=dtype) / (n_out - 1) if n_out > 1 else torch.tensor(0.0, dtype=dtype)
+    src = scale * torch.arange(n_out, dtype=dtype)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    lam1 = (src - i0.to(dtype)).clamp(0.0, 1.0)
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    mat = torch.zeros(n_out, n_in, dtype=dtype)
+    rows = torch.arange(n_out)
+    mat.index_put_((rows, i0), 1.0 - lam1, accumulate=True)
+    mat.index_put_((rows, i1), lam1, accumulate=True)
+    return mat.to(device)
+
+
+class _ResizeAlignCorners(torch.autograd.Function):
+    """Bilinear resize (``align_corners=True``): PyTorch's kernel forward, a separable-matrix backward.
+
+    The backward :math:`A_h^\top G A_w` is two small matrix products instead of the scatter kernel of
+    ``upsample_bilinear2d_backward`` (about twice as fast on CPU at SLRNet's sizes, same values to rounding).
+    """
+
+    @staticmethod
+    def forward(ctx, x, size):  # noqa: ANN001, ANN205
+        ctx.in_size = (x.shape[-2], x.shape[-1])
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (h_in, w_in), (B, C, h_out, w_out) = ctx.in_size, grad.shape
+        mat_h = _resize_matrix(h_out, h_in, grad.dtype, grad.device)
+        mat_w = _resize_matrix(w_out, w_in, grad.dtype, grad.device)
+        flat = grad.reshape(B * C, h_out, w_out)
+        # channel-images with an all-zero gradient (e.g. the classes absent from an image in the mask
+        # consistency) are skipped: their input gradient is 0
+        nonzero = (flat.amax(dim=(1, 2)) != 0) | (flat.amin(dim=(1, 2)) != 0)
+        idx = nonzero.nonzero().squeeze(1) if 2 * int(nonzero.sum()) < B * C else None
+        part = flat if idx is None else flat.index_select(0, idx)
+        tmp = (part.reshape(-1, w_out) @ mat_w).view(-1, h_out, w_in)
+        part = torch.matmul(mat_h.t(), tmp)
+        if idx is None:
+            return part.view(B, C, h_in, w_in), None
+        out = part.new_zeros(B * C, h_in, w_in).index_copy_(0, idx, part)
+        return out.view(B, C, h_in, w_in), None
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if (x.requires_grad and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(x.device.type)):
+        return _ResizeAlignCorners.apply(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 def make_view(x: Tensor, *, scale: float = 0.5, flip: bool | Tensor = False) -> Tensor:
@@ -95,6 +151,11 @@ def inverse_view(t: Tensor, size_like: Tensor | tuple[int, int], *, flip: bool |
     target size (SLRNet: the view-1 feature size, 81×81 for a 321 crop). Used on the view-2 codes,
     segmentation logits and probabilities.
 
+    The forward is PyTorch's interpolation kernel; the backward (float32 / float64 outside autocast) is the
+    separable adjoint :math:`A_h^\top G A_w` as two small matrix products with the kernel's own weights,
+    skipping channel-images whose gradient is all zero (the absent classes of the mask consistency) —
+    about twice as fast as ``upsample_bilinear2d_backward`` on CPU at SLRNet's sizes, equal to rounding.
+
     Args:
         t: a view-2 output (any channels).
         size_like: a tensor whose last two dimensions give the target size, or an ``(h, w)`` tuple.
@@ -137,4 +198,4 @@ def inverse_view(t: Tensor, size_like: Tensor | tuple[int, int], *, flip: bool |
     if size[0] < 1 or size[1] < 1:
         raise ValueError(f"size_like: expected a positive size, got {size}")
     flip = _flip_mask(flip, t.shape[0], t.device)
-    return F.interpolate(_apply_flip(t, flip), size=size, mode="bilinear", align_corners=True)
+    return _resize(_apply_flip(t, flip), size)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from wsseg.layers._neighbors import check_bool, check_positive
 from wsseg.utils.validation import check_tensor
@@ -83,6 +84,135 @@ def _em(x: Tensor, dictionary: Tensor, num_iters: int, scale: float, eps: float,
         dictionary = _l2norm(torch.bmm(weights.transpose(1, 2), x))  # (B, K, d)
     reconstruction = torch.relu(torch.bmm(codes_nk, dictionary))  # (B, N, d)
     return EMFactorization(codes_nk.transpose(1, 2).contiguous(), dictionary, reconstruction)
+
+
+def _l2norm_with_norm(x: Tensor) -> tuple[Tensor, Tensor]:
+    norm = x.norm(dim=-1, keepdim=True)
+    return x / (norm + L2_EPS), norm
+
+
+def _l2norm_backward(x: Tensor, norm: Tensor, grad: Tensor) -> Tensor:
+    """Vector-Jacobian product of ``x / (||x|| + eps)`` (last dimension)."""
+    denom = norm + L2_EPS
+    dot = (x * grad).sum(-1, keepdim=True)
+    return grad / denom - x * (dot / (norm.clamp_min(torch.finfo(x.dtype).tiny) * denom * denom))
+
+
+class _CrossViewMaps(torch.autograd.Function):
+    r"""The factorisation of channel-first views with a hand-written backward (the fast path of the module).
+
+    Same equations as :func:`_em` on :math:`X' = W_1 X + b_1` followed by the residual, but :math:`X'` is never
+    formed: since the M-step weights sum to 1 over the tokens,
+
+    .. math::
+
+        \langle D_k, X'_n \rangle = (D W_1)_k \cdot X_n + D_k \cdot b_1, \qquad
+        \textstyle\sum_n \hat C_{k,n} X'_n = W_1 \big(\sum_n \hat C_{k,n} X_n\big) + b_1,
+
+    so the :math:`N \times d \times d` products of :math:`W_1` (forward, and the two of its backward) become
+    :math:`K \times d \times d` ones. Every view stays in its ``(B, d, N_i)`` layout (no concatenation, no
+    permute); each output map is written once, contiguous NCHW. The backward accumulates the three token
+    gradients (residual, E-step, M-step) in place into one buffer per view, with the E- and M-step terms in a
+    single ``2K``-deep product. Equal to the autograd of the official formulation to float rounding
+    (``tests/test_low_rank_factorization.py``).
+
+    ``forward(num_iters, scale, eps, init, w1, b1, w2, b2, *xs)`` with ``xs`` the views ``(B, d, N_i)``;
+    returns ``(codes (B, K, N), dictionary (B, K, d), *outs (B, d, N_i))``.
+    """
+
+    @staticmethod
+    def forward(ctx, num_iters, scale, eps, init, w1, b1, w2, b2, *xs):  # noqa: ANN001, ANN205
+        batch, dim = xs[0].shape[:2]
+        lengths = [x.shape[2] for x in xs]
+        e0 = F.linear(init, w1, b1)
+        dictionary, norm0 = _l2norm_with_norm(e0)
+        saved = [e0, norm0]
+        codes = e0  # placeholder, always overwritten (num_iters >= 1)
+        for _ in range(num_iters):
+            proj = torch.matmul(dictionary, w1)  # (B, K, d): <D_k, W1 x + b1> = (D W1)_k . x + D_k . b1
+            bias = torch.matmul(dictionary, b1).unsqueeze(-1)  # (B, K, 1)
+            if scale != 1.0:
+                proj, bias = proj * scale, bias * scale
+            codes = torch.cat([torch.baddbmm(bias, proj, x) for x in xs], dim=2).softmax(dim=1)  # (B, K, N)
+            weights = codes + eps
+            mass = weights.sum(dim=-1, keepdim=True)
+            weights.div_(mass)
+            pooled = None  # sum_n weights_kn x_n  (B, K, d)
+            for x, w in zip(xs, weights.split(lengths, dim=2), strict=True):
+                pooled = torch.bmm(w, x.transpose(1, 2)) if pooled is None else pooled.baddbmm_(w, x.transpose(1, 2))
+            e = F.linear(pooled, w1, b1)  # the weights sum to 1 over n, so the bias passes through
+            new_dictionary, norm = _l2norm_with_norm(e)
+            saved += [dictionary, proj, codes, weights, mass, pooled, e, norm]
+            dictionary = new_dictionary
+        # token-major reconstruction (B, N, d): the backward's product W2^T G then writes token-major too,
+        # the faster orientation of the BLAS for these shapes
+        recon = torch.bmm(codes.transpose(1, 2), dictionary).relu_()
+        w2e = w2.expand(batch, dim, dim)
+        outs = [torch.add(x, b2[:, None]).baddbmm_(w2e, r.transpose(1, 2)).relu_()
+                for x, r in zip(xs, recon.split(lengths, dim=1), strict=True)]
+        ctx.num_iters, ctx.scale, ctx.lengths = num_iters, scale, lengths
+        ctx.save_for_backward(init, w1, b1, w2, b2, recon, dictionary, *saved, *xs, *outs)
+        return (codes, dictionary, *outs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_codes, g_dict, *g_outs):  # noqa: ANN001, ANN205
+        num_iters, scale, lengths = ctx.num_iters, ctx.scale, ctx.lengths
+        nv = len(lengths)
+        saved = ctx.saved_tensors
+        init, w1, b1, w2, b2, recon, dictionary, e0, norm0 = saved[:9]
+        steps = saved[9:9 + 8 * num_iters]
+        xs = saved[9 + 8 * num_iters:9 + 8 * num_iters + nv]
+        outs = saved[9 + 8 * num_iters + nv:]
+        batch, dim = xs[0].shape[:2]
+        codes = steps[8 * (num_iters - 1) + 2]
+        g_codes = torch.zeros_like(codes) if g_codes is None else g_codes.clone()
+        g_dict = torch.zeros_like(dictionary) if g_dict is None else g_dict.clone()
+        g_w2, g_b2 = torch.zeros_like(w2), torch.zeros_like(b2)
+        w2e = w2.expand(batch, dim, dim)
+        g_codes_v = g_codes.split(lengths, dim=2)
+        g_xs = []
+        for v, (out, r, c) in enumerate(zip(outs, recon.split(lengths, dim=1), codes.split(lengths, dim=2),
+                                            strict=True)):
+            g_out = torch.zeros_like(out) if g_outs[v] is None else g_outs[v]
+            g_y = torch.ops.aten.threshold_backward(g_out, out, 0)  # through the final ReLU
+            g_b2 += g_y.sum(dim=(0, 2))
+            g_w2 += torch.bmm(g_y, r).sum(dim=0)
+            g_r = torch.bmm(g_y.transpose(1, 2), w2e)  # (B, N_i, d)
+            torch.ops.aten.threshold_backward.grad_input(g_r, r, 0, grad_input=g_r)  # through ReLU(C^T D), in place
+            g_dict.baddbmm_(c, g_r)
+            g_codes_v[v].baddbmm_(dictionary, g_r.transpose(1, 2))
+            g_xs.append(g_y)  # the residual's gradient; the E/M-step terms are added in place below
+        g_w1, g_b1 = torch.zeros_like(w1), torch.zeros_like(b1)
+        for t in range(num_iters - 1, -1, -1):
+            prev_dict, proj, codes, weights, mass, pooled, e, norm = steps[8 * t:8 * t + 8]
+            g_e = _l2norm_backward(e, norm, g_dict)
+            g_w1 += torch.einsum("bkd,bke->de", g_e, pooled)
+            g_b1 += g_e.sum(dim=(0, 1))
+            g_pooled = torch.matmul(g_e, w1)  # (B, K, d)
+            g_weights = torch.cat([torch.bmm(g_pooled, x) for x in xs], dim=2)  # (B, K, N)
+            g_c = g_weights.sub_((g_weights * weights).sum(dim=-1, keepdim=True)).div_(mass)
+            if t == num_iters - 1:
+                g_c += g_codes
+            g_logits = codes * (g_c - (g_c * codes).sum(dim=1, keepdim=True))  # softmax over K
+            left = torch.cat([g_pooled.transpose(1, 2), proj.transpose(1, 2)], dim=2)  # (B, d, 2K)
+            g_proj = None
+            for v, (x, w, gl) in enumerate(zip(xs, weights.split(lengths, dim=2), g_logits.split(lengths, dim=2),
+                                               strict=True)):
+                gp = torch.bmm(gl, x.transpose(1, 2))
+                g_proj = gp if g_proj is None else g_proj.add_(gp)
+                g_xs[v].baddbmm_(left, torch.cat([w, gl], dim=1))  # M-step and E-step terms in one product
+            g_bias = g_logits.sum(dim=2)  # (B, K)
+            if scale != 1.0:
+                g_proj, g_bias = g_proj * scale, g_bias * scale
+            g_w1 += torch.einsum("bkd,bke->de", prev_dict, g_proj)
+            g_b1 += torch.einsum("bkd,bk->d", prev_dict, g_bias)
+            g_dict = torch.matmul(g_proj, w1.t()) + g_bias[:, :, None] * b1
+        g_e0 = _l2norm_backward(e0, norm0, g_dict)
+        g_w1 += torch.einsum("bkd,bke->de", g_e0, init)
+        g_b1 += g_e0.sum(dim=(0, 1))
+        g_init = torch.matmul(g_e0, w1) if ctx.needs_input_grad[3] else None
+        return (None, None, None, g_init, g_w1, g_b1, g_w2, g_b2, *g_xs)
 
 
 def em_factorize(x_proj: Tensor, dict_proj: Tensor, *, num_iters: int = 1, temperature: float = 1.0,
@@ -189,11 +319,22 @@ class LowRankFactorization(nn.Module):
     come back per view in the same layout, codes as ``(B, K, N_i)`` or ``(B, K, H_i, W_i)``. SLRNet
     trains with two views (81×81 and the 0.5× view, 40×40) and tests single-view.
 
-    **Memory layout.** When every view is a map, the views are joined channel-first and the output maps
-    are NCHW-ordered views of one ``(B, d, N_1 + N_2 + ...)`` buffer, as in the official code (not
-    channels-last): ``torch.ones_like`` / dropout masks drawn on them afterwards (the stochastic gate, the
-    segmentation head's dropouts) fill the same elements as the official run under the same seed. Token
-    views ``(B, N, d)`` come back token-first.
+    **Memory layout.** When every view is a map, each output map is a contiguous NCHW tensor (the memory
+    order of the official channel-first concatenation, not channels-last): ``torch.ones_like`` / dropout
+    masks drawn on them afterwards (the stochastic gate, the segmentation head's dropouts) fill the same
+    elements as the official run under the same seed. Token views ``(B, N, d)`` come back token-first.
+
+    **Implementation (maps).** With map views and the official token handling (``normalize_tokens=False``,
+    outside autocast) the module runs a fused path with a hand-written backward, equal to the formulation
+    above to float rounding (outputs and gradients, tested against the official module): :math:`W_1` is
+    never applied to the :math:`N` tokens — since the M-step weights sum to 1 over the tokens,
+    :math:`\langle D_k, W_1 x_n + b_1\rangle = (D W_1)_k \cdot x_n + D_k \cdot b_1` and
+    :math:`\sum_n \hat C_{k,n}(W_1 x_n + b_1) = W_1 \sum_n \hat C_{k,n} x_n + b_1`, so its three
+    :math:`N \times d \times d` products (forward and backward) become :math:`K \times d \times d` ones;
+    the views are read in place (no concatenation or permute of the features), each output map is written
+    once, and the three token-gradient terms are accumulated in place. Token views, ``normalize_tokens=True``
+    and autocast use the plain autograd formulation (:func:`em_factorize`). The fused path is differentiable
+    once (no double backward through the module).
 
     **Dtypes.** Inputs must have the parameters' dtype (float32 by default; ``.double()`` the module for
     float64, e.g. :func:`torch.autograd.gradcheck`); under autocast both are cast by autocast.
@@ -316,6 +457,10 @@ class LowRankFactorization(nn.Module):
         if self.detach_init:
             init_dict = init_dict.detach()
 
+        if (all(s is not None for s in sizes) and not self.normalize_tokens
+                and not torch.is_autocast_enabled(tokens[0].device.type)):
+            return self._forward_maps(x if single else list(x), init_dict, sizes, single)
+
         idn = tokens[0] if len(tokens) == 1 else torch.cat(tokens, dim=1)  # (B, N1 + N2 + ..., d)
         codes, dictionary, recon = _em(self.transform1(idn), self.transform1(init_dict), self.num_iters,
                                        1.0 / self.temperature, self.eps, self.normalize_tokens)
@@ -337,6 +482,20 @@ class LowRankFactorization(nn.Module):
                          for o, s in zip(outs, sizes, strict=True))
         codes_v = tuple(c if s is None else rearrange(c, "b k (h w) -> b k h w", h=s[0], w=s[1])
                         for c, s in zip(codes_v, sizes, strict=True))
+        if single:
+            return LowRankOutput(outs[0], codes_v[0], dictionary)
+        return LowRankOutput(outs, codes_v, dictionary)
+
+    def _forward_maps(self, x: Tensor | list[Tensor], init_dict: Tensor, sizes: list, single: bool) -> LowRankOutput:
+        """Maps only, official token handling: :class:`_CrossViewMaps` on the channel-first views."""
+        views = [x] if single else x
+        flat = [rearrange(v, "b d h w -> b d (h w)").contiguous() for v in views]
+        codes, dictionary, *outs = _CrossViewMaps.apply(
+            self.num_iters, 1.0 / self.temperature, self.eps, init_dict, self.transform1.weight,
+            self.transform1.bias, self.transform2.weight, self.transform2.bias, *flat)
+        codes_v = codes.split([f.shape[2] for f in flat], dim=2) if len(flat) > 1 else (codes,)
+        outs = tuple(rearrange(o, "b d (h w) -> b d h w", h=s[0], w=s[1]) for o, s in zip(outs, sizes, strict=True))
+        codes_v = tuple(rearrange(c, "b k (h w) -> b k h w", h=s[0], w=s[1]) for c, s in zip(codes_v, sizes, strict=True))
         if single:
             return LowRankOutput(outs[0], codes_v[0], dictionary)
         return LowRankOutput(outs, codes_v, dictionary)

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..utils.validation import apply_reduction, check_labels, check_reduction, check_shape, check_tensor
 
 __all__ = ["MaskConsistencyLoss", "mask_consistency_loss"]
+
+
+class _SelectedL1(torch.autograd.Function):
+    """``scale * sum_{b,k} w_bk |p1[b, k+1] - p2[b, k+1]|`` over the channels with ``w_bk != 0`` only.
+
+    The other channels contribute 0 to the value and to the gradients (as in the full weighted map, where
+    their gradient is ``0 * sign``); the gradients are written into zero tensors at the selected channels.
+    """
+
+    @staticmethod
+    def forward(ctx, probs1, probs2, weights, scale):  # noqa: ANN001, ANN205
+        b_idx, k_idx = (weights != 0).nonzero(as_tuple=True)
+        k_idx = k_idx + 1
+        diff = probs1[b_idx, k_idx] - probs2[b_idx, k_idx]  # (M, h, w)
+        w = weights[b_idx, k_idx - 1][:, None, None]
+        ctx.save_for_backward(diff, w, b_idx, k_idx)
+        ctx.scale, ctx.shape = scale, probs1.shape
+        return (diff.abs() * w).sum() * scale
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        diff, w, b_idx, k_idx = ctx.saved_tensors
+        vals = diff.sign().mul_(w).mul_(grad * ctx.scale)
+        g1 = torch.zeros(ctx.shape, dtype=vals.dtype, device=vals.device)
+        g2 = torch.zeros(ctx.shape, dtype=vals.dtype, device=vals.device)
+        g1[b_idx, k_idx] = vals
+        g2[b_idx, k_idx] = vals.neg_()
+        return g1, g2, None, None
 
 
 def mask_consistency_loss(probs1: Tensor, probs2_inv: Tensor, labels: Tensor, *, reduction: str = "mean") -> Tensor:
@@ -23,6 +52,8 @@ def mask_consistency_loss(probs1: Tensor, probs2_inv: Tensor, labels: Tensor, *,
 
     The denominator counts **all** :math:`K` foreground channels and all pixels, also those of absent
     classes (official ``torch.mean``). Gradients reach both views (at equal values the L1 gradient is 0).
+    For ``"mean"`` / ``"sum"`` only the channels of the image's classes are read (the others contribute 0
+    to the value and the gradient).
 
     Args:
         probs1: view-1 probabilities (softmax over :math:`K+1` channels).
@@ -61,8 +92,15 @@ def mask_consistency_loss(probs1: Tensor, probs2_inv: Tensor, labels: Tensor, *,
         raise ValueError(f"probs1: expected at least 2 channels (background + foreground), got {probs1.shape[1]}")
     check_labels(labels, "labels", probs1.shape[0], probs1.shape[1] - 1)
     check_reduction(reduction)
+    weights = labels.to(probs1.dtype)
+    if reduction != "none" and probs1.numel():
+        # only the channels of the image's classes carry a nonzero term (and gradient): gather them instead of
+        # forming the (B, K, h, w) weighted map; same value and gradients (0 on the other channels)
+        scale = 1.0 / (probs1.shape[0] * (probs1.shape[1] - 1) * probs1.shape[2] * probs1.shape[3]) \
+            if reduction == "mean" else 1.0
+        return _SelectedL1.apply(probs1, probs2_inv, weights, scale)
     diff = (probs1[:, 1:] - probs2_inv[:, 1:]).abs()
-    loss = diff * labels.to(diff.dtype)[:, :, None, None]
+    loss = diff * weights[:, :, None, None]
     return apply_reduction(loss, reduction)
 
 
