@@ -337,6 +337,7 @@ class SLRNetMethod(TrainingMethod):
 
     name = "slrnet"
     find_unused_parameters = False
+    reuse_eval_forward = True       # cam and predict read one single-view forward (evaluate_method)
     log_keys = ("loss", "loss_cls", "loss_mask", "loss_code", "loss_seg", "pl_ignore_frac", "pl_fg_frac")
 
     def __init__(self, recipe: SLRNetRecipe | None = None) -> None:

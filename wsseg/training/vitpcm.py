@@ -363,6 +363,7 @@ class ViTPCMMethod(TrainingMethod):
 
     name = "vitpcm"
     find_unused_parameters = True   # the encoder tail gets no gradient during the warm-up stage
+    reuse_eval_forward = True       # cam, pseudo_label and predict read one forward (evaluate_method)
     log_keys = ("loss", "loss_mce", "loss_reg", "loss_et")
     recipe_cls: type = ViTPCMRecipe
     step_cls: type = ViTPCMTrainingStep
