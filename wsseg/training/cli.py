@@ -262,6 +262,9 @@ def build_parser(spec: MethodCLI, description: str | None = None) -> argparse.Ar
     e.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute the encoder's blocks in backward instead of storing their activations (MiT and "
                         "ViT encoders; same gradients, less memory, slower)")
+    e.add_argument("--no-keep-freed-memory", action="store_true",
+                   help="leave glibc's malloc settings alone (default: keep freed memory for reuse, which saves "
+                        "the page faults of re-allocating every iteration's activations; same results)")
     e.add_argument("--out", default=f"runs/train_{spec.name}")
     e.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint (OUT/checkpoint.pt when given without a value); the run's "
@@ -384,7 +387,7 @@ _FIELD_FLAGS = {"crop_size": "--crop", "batch_size": "--batch-size", "iters": "-
                 "decoder_dim": "--decoder-dim", "backbone": "--backbone", "weights": "--weights",
                 "stop_at": "--stop-at", "ckpt_every": "--ckpt-every", "eval_every": "--eval-every",
                 "num_workers": "--num-workers", "num_vis": "--num-vis", "threads": "--threads",
-                "grad_checkpointing": "--grad-checkpointing"}
+                "grad_checkpointing": "--grad-checkpointing", "keep_freed_cpu_memory": "--no-keep-freed-memory"}
 
 
 def _name_flag(err: BaseException) -> str:
@@ -476,6 +479,7 @@ def main(spec: MethodCLI, argv: list[str] | None = None, description: str | None
                              f"smallest input side is {min_size}), got {recipe.crop_size}")
         config = TrainConfig(out_dir=args.out, device=args.device, amp=args.amp, compile=args.compile,
                              grad_checkpointing=args.grad_checkpointing,
+                             keep_freed_cpu_memory=not args.no_keep_freed_memory,
                              ckpt_every=args.ckpt_every, eval_every=args.eval_every, stop_at=args.stop_at,
                              resume=args.resume, overwrite=args.overwrite, num_workers=args.num_workers,
                              threads=args.threads,

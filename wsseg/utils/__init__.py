@@ -1,5 +1,6 @@
-"""Small shared utilities: input validation, image de-normalisation, crop boxes, stride fitting."""
+"""Small shared utilities: input validation, image de-normalisation, crop boxes, stride fitting, allocator."""
 
+from .allocator import keep_freed_cpu_memory
 from .box import box_to_mask
 from .image import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
 from .rst_text import rst_to_text
@@ -19,6 +20,7 @@ __all__ = [
     "box_to_mask",
     "denormalize",
     "fit_to_stride",
+    "keep_freed_cpu_memory",
     "normalize",
     "rst_to_text",
     "apply_reduction",
