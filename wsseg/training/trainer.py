@@ -223,6 +223,7 @@ class Trainer:
         >>> cfg = TrainConfig(out_dir=tempfile.mkdtemp(), show_progress=False, num_vis=0)
         >>> metrics = Trainer(method, net, train, cfg, seg_set=val, seg_split="val").fit()  # doctest: +ELLIPSIS
         tscd: K=3 images=4 crop=32 batch=2 (2/process x 1) iters=2 device=cpu amp=none
+        evaluate: 2/2 images (100 %)...
         seg mIoU unfiltered ... [val, 2 images] | ... s -> .../metrics.json
         >>> metrics["iters"], metrics["world_size"], metrics["eval_splits"]["seg"]["split"]
         (2, 1, 'val')
