@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import wsseg
 from tests.reference.official_cosa_teacher import official_cam_validation, official_multi_scale_camseg
-from wsseg.layers import CoSATeacherInference, CoSATeacherOutput, cosa_teacher_inference
+from wsseg.layers import CoSATeacherInference, CoSATeacherOutput, cosa_teacher_cam, cosa_teacher_inference
 
 B, K, H, W = 2, 3, 32, 48
 SCALES = (1.0, 0.5, 1.5)
@@ -219,3 +219,31 @@ def test_bf16_inputs_give_float32():
     segs = [table[x.shape[-2]][0].bfloat16() for x in inputs]
     out = CoSATeacherInference()(cams, cams, segs, images, _labels())
     assert out.cam.dtype == out.cam_aux.dtype == out.seg_logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("shape", [(B, 3, H, W), (1, 3, 48, 32)])
+def test_cam_only_passes_equal_the_full_teacher_cam(tiny_net, shape):
+    """``cosa_teacher_cam`` (CAM-only passes: no decoder, no aux CAM) gives the full teacher pass's CAM exactly."""
+    torch.manual_seed(1)
+    images = torch.randn(*shape)
+    labels = torch.ones(shape[0], K, dtype=torch.long)
+    labels[0, 1] = 0
+    calls = []
+    handle = tiny_net.decoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        cam = cosa_teacher_cam(tiny_net, images, labels)
+    finally:
+        handle.remove()
+    assert calls == []
+    assert torch.equal(cam, cosa_teacher_inference(tiny_net, images, labels).cam)
+    assert torch.equal(tiny_net.cam(images), tiny_net(images).cam)
+
+
+def test_cam_only_errors(tiny_net):
+    images = torch.randn(B, 3, H, W)
+    with pytest.raises(TypeError, match="cam"):
+        cosa_teacher_cam(torch.nn.Identity(), images, _labels())
+    with pytest.raises(ValueError, match="labels"):
+        cosa_teacher_cam(tiny_net, images, torch.ones(B, K + 1))
+    with pytest.raises(ValueError, match="scales"):
+        cosa_teacher_cam(tiny_net, images, _labels(), scales=())

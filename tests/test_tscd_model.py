@@ -115,6 +115,27 @@ def test_cam_branch_updates_decoder_bn_only_when_faithful(runs_decoder):
     assert changed is runs_decoder
 
 
+def test_cam_in_eval_mode_skips_the_discarded_decoder_pass():
+    """In eval mode the faithful decoder pass of ``cam`` changes nothing, so it is not run: the CAM is equal and
+    the decoder is never called; in train mode it runs (the official BatchNorm update)."""
+    torch.manual_seed(0)
+    net = _mit(cam_runs_decoder=True)
+    calls = []
+    net.decoder.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(2, 3, 64, 64)
+    net.eval()
+    cam = net.cam(x)
+    assert calls == []
+    reference = torch.nn.functional.conv2d(net._encode(x, need_attn=False).features[-1], net.classifier.weight)
+    assert torch.equal(cam, reference)
+    net.decoder.fuse[1].train()          # one decoder module in train mode: the pass runs again
+    net.cam(x)
+    assert calls == [1]
+    net.train()
+    net.cam(x)
+    assert calls == [1, 1]
+
+
 def test_param_groups_cover_all_trainable_params_once(mit):
     groups = mit.param_groups(6e-5)
     ids = [id(p) for g in groups for p in g["params"]]

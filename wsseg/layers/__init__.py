@@ -4,7 +4,7 @@ from .adaptive_k_pooling import AdaptiveKOutput, AdaptiveKPooling, adaptive_k_po
 from .affinity_from_attention import AffinityFromAttention, affinity_from_attention
 from .affinity_propagation import AffinityPropagation, affinity_propagation, token_grid_size
 from .aspp_decoder import ASPP, ASPPDecoder
-from .cosa_teacher_inference import CoSATeacherInference, CoSATeacherOutput, cosa_teacher_inference
+from .cosa_teacher_inference import CoSATeacherInference, CoSATeacherOutput, cosa_teacher_cam, cosa_teacher_inference
 from .cross_view import inverse_view, make_view
 from .gci_head import GCIHead, GlobalCueInjection, StochasticGate, stochastic_gate
 from .hv_bilstm import HVBiLSTM, hv_bilstm, keras_lstm_init_
@@ -44,6 +44,7 @@ __all__ = [
     "class_prototypes",
     "CoSATeacherInference",
     "CoSATeacherOutput",
+    "cosa_teacher_cam",
     "cosa_teacher_inference",
     "em_factorize",
     "EMFactorization",

@@ -19,7 +19,7 @@ from .multi_scale_cam import (
     ordered_scales,
 )
 
-__all__ = ["CoSATeacherInference", "CoSATeacherOutput", "cosa_teacher_inference"]
+__all__ = ["CoSATeacherInference", "CoSATeacherOutput", "cosa_teacher_cam", "cosa_teacher_inference"]
 
 
 class CoSATeacherOutput(NamedTuple):
@@ -210,3 +210,60 @@ def cosa_teacher_inference(model: nn.Module, images: Tensor, labels: Tensor, *,
             cams_aux.append(out.cam_aux)
             segs.append(out.seg)
     return fuse(cams, cams_aux, segs, images, labels)
+
+
+def cosa_teacher_cam(model: nn.Module, images: Tensor, labels: Tensor, *, scales: Sequence[float] = (1.0, 0.5, 1.5),
+                     eps: float = 1e-5) -> Tensor:
+    r"""Only the main CAM :math:`\hat M` of :func:`cosa_teacher_inference`, from CAM-only network passes.
+
+    The same scales, flips, inputs and fusion as :func:`cosa_teacher_inference`, but each pass calls
+    ``model.cam`` (:meth:`wsseg.models.CoSANet.cam`: encoder + classifier, no decoder, no aux CAM), so the
+    segmentation head and the upsampling of its logits, which a caller reading only :math:`\hat M` discards,
+    are not computed. The result equals ``cosa_teacher_inference(model, images, labels, ...).cam`` (same
+    operations on the same inputs). Used by the evaluation (CAM mIoU, pseudo label) of
+    :class:`~wsseg.training.CoSAMethod`.
+
+    .. math::
+        \hat M = \mathrm{minmax}\Big(\sum_s \mathrm{ReLU}\big(\max(\mathrm{up}(M(x_s)),\
+        \mathrm{hflip}(\mathrm{up}(M(x_s^{f}))))\big)\Big) \odot y
+
+    Args:
+        model: a network with ``cam(x) -> (N, K, h, w)`` raw CAMs (:class:`~wsseg.models.CoSANet`).
+        images: the weak view, ImageNet-normalised.
+        labels: image labels (all ones to keep every class).
+        scales, eps: see :class:`CoSATeacherInference`.
+
+    Shape:
+        - images: :math:`(B, 3, H, W)`; labels: :math:`(B, K)`.
+        - output: :math:`(B, K, H, W)`, float32, in [0, 1), detached.
+
+    Raises:
+        TypeError: if ``model`` has no ``cam`` method.
+        ValueError: see :class:`CoSATeacherInference`.
+
+    Example:
+        >>> net = wsseg.create_model("cosa", backbone="test_vit", num_classes=3, hidden_channels=8).eval()
+        >>> x, y = torch.rand(1, 3, 32, 32), torch.tensor([[1, 0, 1]])
+        >>> torch.equal(cosa_teacher_cam(net, x, y), cosa_teacher_inference(net, x, y).cam)
+        True
+
+    Source:
+        CoSA, Yang et al. ECCV 2024; github.com/youshyee/CoSA, utils/seg_helper.py (``multi_scale_camseg``),
+        the CAM part.
+    """
+    cam_fn = getattr(model, "cam", None)
+    if not callable(cam_fn):
+        raise TypeError(f"model: expected a network with a cam(x) method (CoSANet), got {type(model).__name__}")
+    fuse = CoSATeacherInference(scales, eps=eps)
+    check_tensor(images, "images", ndim=4, dims="(B, 3, H, W)")
+    fit = getattr(model, "fit_input", None)
+    with torch.no_grad():
+        cams = [cam_fn(fit(x) if fit is not None else x) for x in fuse.make_inputs(images)]
+    B, K = images.shape[0], cams[0].shape[1]
+    for i, t in enumerate(cams):
+        if t.ndim != 4 or t.shape[0] != 2 * B:
+            raise ValueError(f"model.cam: expected (2B, K, h, w) with 2B = {2 * B} for scale {fuse.scales[i]}, "
+                             f"got shape {tuple(t.shape)}")
+    check_labels(labels, "labels", B, K)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    return fuse_multi_scale_cams(cams, size, labels, flip=True, flip_fuse="max", normalize="minmax", eps=fuse.eps)

@@ -180,6 +180,21 @@ class CoSANet(GradCheckpointingMixin, nn.Module):
         cls_aux = self.aux_classifier(self._pool(feat_aux)).flatten(1)
         return CoSAOutput(cls=cls, cls_aux=cls_aux, cam=cam, cam_aux=cam_aux, seg=seg)
 
+    def cam(self, x: Tensor) -> Tensor:
+        r"""The raw main CAM :math:`M = W * F` alone, detached: the encoder and the classifier weights as a
+        1×1 convolution, without the decoder, the aux CAM or the pooled logits (values equal to
+        ``forward(x).cam``; for evaluation passes that read only the CAM).
+
+        Shape:
+            - x: :math:`(B, 3, H, W)`, H and W multiples of :attr:`stride`.
+            - output: :math:`(B, K, H/s, W/s)`, s = :attr:`stride`.
+        """
+        check_tensor(x, "x", ndim=4, dims="(B, 3, H, W)", dtype="float")
+        if x.shape[1] != 3:
+            raise ValueError(f"x: expected 3 channels (B, 3, H, W), got shape {tuple(x.shape)}")
+        _, feat = self.encoder(x).features
+        return F.conv2d(feat, self.classifier.weight).detach()
+
     # ------------------------------------------------------------------ optimisation
     def param_groups(self, base_lr: float, weight_decay: float = 0.01, head_lr_mult: float = 10.0,
                      encoder_norm_lr_mult: float = 1.0) -> list[dict[str, Any]]:

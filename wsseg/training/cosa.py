@@ -574,8 +574,16 @@ class CoSAMethod(TrainingMethod):
         return unwrap_model(model) if self.teacher is None else self.teacher
 
     def cam(self, model: nn.Module, images: Tensor) -> Tensor:
-        """The teacher's multi-scale + flip normalised CAM (``recipe="cam"``: the network's own)."""
+        """The teacher's multi-scale + flip normalised CAM (``recipe="cam"``: the network's own).
+
+        CAM-only passes (:func:`~wsseg.layers.cosa_teacher_cam`: no decoder, no aux CAM) when the network has
+        a ``cam`` method, else the full teacher pass; the same values either way."""
+        from ..layers import cosa_teacher_cam
+
+        net = unwrap_model(self._cam_net(model))
         labels = images.new_ones(images.shape[0], unwrap_model(model).num_classes)
+        if callable(getattr(net, "cam", None)):
+            return cosa_teacher_cam(net, images, labels, scales=self.recipe.pseudo_scales)
         return self.step_fn.teacher_outputs(self._cam_net(model), images, labels).cam
 
     def pseudo_label(self, model: nn.Module, images: Tensor, labels: Tensor, valid: Tensor | None = None,
