@@ -580,11 +580,11 @@ class CoSAMethod(TrainingMethod):
         a ``cam`` method, else the full teacher pass; the same values either way."""
         from ..layers import cosa_teacher_cam
 
-        net = unwrap_model(self._cam_net(model))
+        net = self._cam_net(model)
         labels = images.new_ones(images.shape[0], unwrap_model(model).num_classes)
         if callable(getattr(net, "cam", None)):
             return cosa_teacher_cam(net, images, labels, scales=self.recipe.pseudo_scales)
-        return self.step_fn.teacher_outputs(self._cam_net(model), images, labels).cam
+        return self.step_fn.teacher_outputs(net, images, labels).cam
 
     def pseudo_label(self, model: nn.Module, images: Tensor, labels: Tensor, valid: Tensor | None = None,
                      cam: Tensor | None = None) -> Tensor:
