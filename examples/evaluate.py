@@ -3,7 +3,7 @@
 
 ::
 
-    python examples/evaluate.py runs/train_tscd/checkpoint.pt          # the run's evaluation split (main job: ~10 s)
+    python examples/evaluate.py runs/train_tscd/checkpoint.pt          # the run's evaluation split (main job: ~5 s)
     python examples/evaluate.py CKPT --split val --crf                 # another split of the same data
     python examples/evaluate.py CKPT --dataset voc --root VOC2012 --split val --mask-dir SegmentationClass
 
