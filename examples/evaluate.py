@@ -337,6 +337,10 @@ def main(argv=None) -> dict:
     n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
     print(describe(args, preset, method.name, split, n, crf_preset(args) if crf is not None else None, post),
           flush=True)
+    if not method.trains_segmentation:
+        print(f"note: this checkpoint's recipe ({method.recipe.recipe!r}) trains no segmentation head; the score "
+              "below is its untrained decoder's (the training run's metrics.json has the CAM and pseudo-label "
+              "mIoU)", flush=True)
 
     def batches():
         """Consecutive samples of one image size, at most ``--batch-size`` of them (one network call per pass)."""

@@ -238,6 +238,7 @@ def test_cam_baseline_has_no_teacher(tmp_path):
     ckpt = torch.load(tmp_path / "cam" / "checkpoint.pt", weights_only=False)
     assert ckpt["extra"]["method_state"] == {} and ckpt["extra"]["recipe"]["recipe"] == "cam"
     assert 0.0 <= res["cam_miou"] <= 1.0
+    assert "seg_miou" not in res and "skipped" in res["eval_splits"]["seg"]   # the decoder is never trained
 
 
 def test_evaluate_script_uses_the_cosa_preset_and_teacher_state(tmp_path):

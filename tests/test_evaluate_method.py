@@ -214,3 +214,52 @@ def test_forward_restored_after_an_error():
         evaluate_method(method, net, pseudo_set=Broken(num_images=3, size=32, transform=eval_transform(None)),
                         batch_size=1)
     assert "forward" not in vars(net) and net.training  # forward and the train mode restored
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_classification_only_recipe_skips_the_untrained_segmentation(same, monkeypatch):
+    # TSCD recipe "cam" trains no decoder: no segmentation pass and no seg_* metrics, unless asked for
+    from wsseg.training import format_summary
+
+    method = TSCDMethod(TSCDRecipe(recipe="cam", crop_size=32, varm_num_iter=2))
+    torch.manual_seed(0)
+    net = method.build_model(3, backbone="test_vit", decoder_dim=8)
+    pseudo = SyntheticShapes(num_images=4, size=32, seed=2, transform=eval_transform(None))
+    seg = pseudo if same else SyntheticShapes(num_images=3, size=32, seed=8, transform=eval_transform(None))
+    ref = _reference(method, net, pseudo)
+    calls = []
+    orig = TSCDMethod.predict
+    monkeypatch.setattr(TSCDMethod, "predict", lambda self, m, x: calls.append(x.shape[0]) or orig(self, m, x))
+    res = evaluate_method(method, net, pseudo_set=pseudo, seg_set=seg, seg_split="val")
+    assert calls == []                                            # the untrained decoder never ran
+    assert not any(k.startswith("seg_") for k in res)
+    assert res["eval_splits"]["seg"] == {"split": "val", "skipped": "not scored: the recipe trains no "
+                                                                    "segmentation head (classification only)"}
+    assert res["cam_miou"] == pytest.approx(ref["cam_miou"], abs=1e-9)
+    assert res["pseudo_label_miou"] == pytest.approx(ref["pseudo_label_miou"], abs=1e-9)
+    assert "seg not scored" in format_summary(res) and "seg mIoU" not in format_summary(res)
+    # asked for: the untrained head is scored like any other (equal to the per-image reference on that set)
+    forced = evaluate_method(method, net, pseudo_set=pseudo, seg_set=seg, score_segmentation=True)
+    assert forced["seg_miou"] == pytest.approx(_reference(method, net, seg)["seg_miou"], abs=1e-9)
+    assert forced["cam_miou"] == res["cam_miou"] and calls
+    # and a method that trains its head can be told not to score it
+    full = TSCDMethod(TSCDRecipe(crop_size=32, varm_num_iter=2))
+    off = evaluate_method(full, net, pseudo_set=pseudo, seg_set=seg, score_segmentation=False)
+    assert "seg_miou" not in off and off["eval_splits"]["seg"]["skipped"] == "not scored: score_segmentation=False"
+
+
+def test_trains_segmentation_per_recipe():
+    from wsseg.training import CoSAMethod, CoSARecipe
+
+    assert TSCDMethod(TSCDRecipe()).trains_segmentation and not TSCDMethod(TSCDRecipe(recipe="cam")).trains_segmentation
+    assert CoSAMethod(CoSARecipe()).trains_segmentation and not CoSAMethod(CoSARecipe(recipe="cam")).trains_segmentation
+    # SLRNet's segmentation is its mask head, which the classification loss trains: scored for both presets
+    assert SLRNetMethod(SLRNetRecipe.preset("cam")).trains_segmentation
+    assert ViTPCMMethod(ViTPCMRecipe()).trains_segmentation
+
+
+def test_score_segmentation_type_error():
+    method, net = _tscd()
+    ds = SyntheticShapes(num_images=1, size=32, transform=eval_transform(None))
+    with pytest.raises(TypeError, match="score_segmentation: expected None or a bool, got int"):
+        evaluate_method(method, net, seg_set=ds, score_segmentation=1)

@@ -71,4 +71,5 @@ def test_resume_and_cam_recipe(tmp_path):
     assert all(r["loss_seg"] == "" for r in rows)             # classification only
     stdout = _run(["examples/evaluate.py", str(cam_out / "checkpoint.pt"), "--max-images", "1", "--crf",
                    "--no-progress"])
-    assert "seg mIoU" in stdout
+    assert "seg mIoU" in stdout and "trains no segmentation head" in stdout
+    assert "seg_miou" not in json.loads((cam_out / "metrics.json").read_text())

@@ -542,6 +542,11 @@ class CoSAMethod(TrainingMethod):
             self.teacher = self._ema.build(student, factory)
         return student
 
+    @property
+    def trains_segmentation(self) -> bool:
+        """False for ``recipe="cam"`` (classification only: the decoder is never trained)."""
+        return self.recipe.recipe != "cam"
+
     def train_transform(self, long_side: int | None = None) -> Any:
         """:class:`~wsseg.data.WeakStrongTransform` with the recipe's crop and augmentation values."""
         from ..data import WeakStrongTransform

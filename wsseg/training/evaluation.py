@@ -155,7 +155,8 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
                     eval_long_side: int | None = None, max_images: int | None = None,
                     out_dir: str | os.PathLike | None = None, num_vis: int = 0, show_progress: bool = False,
                     rank: int = 0, world_size: int = 1, seg_inference: str | None = None,
-                    crf: str | None = None, batch_size: int = 8, log_progress: bool = False) -> dict[str, Any]:
+                    crf: str | None = None, batch_size: int = 8, log_progress: bool = False,
+                    score_segmentation: bool | None = None) -> dict[str, Any]:
     r"""Score a method's CAM, pseudo labels and segmentation predictions (the standard WSSS protocol).
 
     On ``pseudo_set`` (the training images with ground truth, e.g. VOC ``train`` or ccp_voc
@@ -173,7 +174,10 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
     :data:`~wsseg.layers.multi_scale_inference.MULTI_SCALE_INFERENCE_PRESETS` (e.g. ``"tscd"``: long side
     512, scales 1 / 0.5 / 0.75 + flip, max over scales) and ``crf`` a :class:`~wsseg.pseudo.DenseCRF`
     preset applied to the softmax of those logits (``seg_crf_miou`` / ``seg_crf_miou_filtered``; needs
-    pydensecrf).
+    pydensecrf). A method whose training fits no segmentation output
+    (:attr:`~TrainingMethod.trains_segmentation` False: TSCD's and CoSA's classification-only ``"cam"``
+    recipe) gets no segmentation score by default: ``seg_set`` is not read, the ``seg_*`` metrics are
+    absent and ``eval_splits["seg"]`` says why (``skipped``).
 
     The network sees each image with its long side resized to ``eval_long_side`` (``None``: native);
     labels and logits are resized back (nearest / bilinear) and **scored at the mask's native
@@ -215,16 +219,20 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
         log_progress: when there is no tqdm bar (``show_progress=False``), print a line about every 10 % of
             the images (checked after each batch): images done / total, seconds elapsed and the estimated
             seconds left, e.g. ``evaluate: 80/400 images (20 %), 41 s elapsed, ETA 164 s``.
+        score_segmentation: score ``seg_set`` (``None``: the method's ``trains_segmentation``; ``True``
+            scores even an untrained head).
 
     Returns:
         dict with the metrics above (fractions in [0, 1]), per-class ``cam_iou`` / ``pseudo_label_iou`` /
         ``seg_iou``, and ``eval_splits``: for each of ``cam``, ``pseudo_label`` and ``seg`` the split,
-        ``num_images`` and ``num_images_with_masks`` it was computed on.
+        ``num_images`` and ``num_images_with_masks`` it was computed on (a segmentation score not taken:
+        ``{"split", "skipped"}`` with the reason).
 
     Raises:
         ValueError: if both sets are ``None``, the sets' class counts differ, ``eval_long_side`` or
             ``max_images`` is not ``None`` or a positive int, ``batch_size`` is not a positive int, or
             ``seg_inference`` is not a preset name.
+        TypeError: if ``score_segmentation`` is not ``None`` or a bool.
 
     Example:
         >>> from wsseg.data import SyntheticShapes
@@ -247,6 +255,8 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
             raise ValueError(f"{name}: expected None or a positive int, got {value!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if score_segmentation is not None and not isinstance(score_segmentation, bool):
+        raise TypeError(f"score_segmentation: expected None or a bool, got {type(score_segmentation).__name__}")
     sets = [s for s in (pseudo_set, seg_set) if s is not None]
     K = sets[0].num_classes
     if any(s.num_classes != K for s in sets):
@@ -275,6 +285,13 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
     # counts: pseudo images, pseudo images with masks, ignored pixels, pseudo pixels, seg images, seg w/ masks
     counts = torch.zeros(6, dtype=torch.float64)
     same = pseudo_set is seg_set
+    score_seg = (bool(getattr(method, "trains_segmentation", True)) if score_segmentation is None
+                 else score_segmentation)
+    seg_skipped = None
+    if seg_set is not None and not score_seg:
+        seg_skipped = ("not scored: the recipe trains no segmentation head (classification only)"
+                       if score_segmentation is None else "not scored: score_segmentation=False")
+        seg_set, same = None, False
     out_dir = Path(out_dir) if out_dir is not None else None
     was_training = model.training
     model.eval()
@@ -391,6 +408,8 @@ def evaluate_method(method: TrainingMethod, model: nn.Module, *, pseudo_set: Any
         if crf_fn is not None:
             out["seg_crf_miou"] = crf_m.compute()["miou"]
             out["seg_crf_miou_filtered"] = crf_f.compute()["miou"]
+    elif seg_skipped is not None:
+        out["eval_splits"]["seg"] = {"split": seg_split, "skipped": seg_skipped}
     out["num_eval_images"] = max(n_pl, n_seg)
     out["eval_long_side"] = eval_long_side
     return out
@@ -440,4 +459,6 @@ def format_summary(metrics: dict[str, Any], step: int | None = None) -> str:
         sp = splits.get("seg", {})
         parts.append(f"seg mIoU unfiltered {_pct(metrics['seg_miou'])} / GT-label-filtered "
                      f"{_pct(metrics['seg_miou_filtered'])} [{sp.get('split')}, {sp.get('num_images')} images]")
+    elif "skipped" in splits.get("seg", {}):
+        parts.append(f"seg {splits['seg']['skipped']}")
     return " | ".join(parts)

@@ -100,6 +100,9 @@ class TrainingMethod:
     * ``state_dict()`` / ``load_state_dict(state)``: extra training state to checkpoint (EMA teacher,
       queues); default none;
     * ``find_unused_parameters``: the DDP flag, True only where an iteration leaves parameters unused;
+    * ``trains_segmentation``: whether training fits the output ``predict`` reads (default True; False for a
+      classification-only recipe whose decoder keeps its initial weights, which
+      :func:`~wsseg.training.evaluate_method` then does not score);
     * ``log_keys``: the CSV columns after ``step, lr, time_s`` (missing values left empty).
 
     Subclasses override what differs; ``training_step``, ``build_model`` and ``cam`` have no default.
@@ -114,6 +117,15 @@ class TrainingMethod:
             if not hasattr(recipe, field):
                 raise TypeError(f"recipe: expected a recipe with a {field!r} field, got {type(recipe).__name__}")
         self.recipe = recipe
+
+    @property
+    def trains_segmentation(self) -> bool:
+        """Whether training fits the segmentation output that :meth:`predict` reads (here: True).
+
+        A classification-only recipe (TSCD's and CoSA's ``"cam"``) returns False: its decoder keeps its
+        initial weights, so :func:`~wsseg.training.evaluate_method` skips the segmentation score by default
+        (it would measure an untrained head and cost a network pass per evaluation image)."""
+        return True
 
     # ------------------------------------------------------------------ construction
     def build_model(self, num_classes: int, **kwargs: Any) -> nn.Module:

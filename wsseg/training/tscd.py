@@ -526,6 +526,11 @@ class TSCDMethod(TrainingMethod):
         super().__init__(recipe)
         self.step_fn = TSCDTrainingStep(recipe)
 
+    @property
+    def trains_segmentation(self) -> bool:
+        """False for ``recipe="cam"`` (classification only: the decoder is never trained)."""
+        return self.recipe.recipe != "cam"
+
     def build_model(self, num_classes: int, **kwargs: Any) -> nn.Module:
         """``create_model("tscd", num_classes=..., **kwargs)`` (``backbone``, ``weights``, ``decoder_dim``)."""
         from ..models import create_model
