@@ -121,25 +121,34 @@ class CoSATeacherInference(nn.Module):
         """Teacher inputs, one per scale in order: ``(2B, 3, ⌊sH⌋, ⌊sW⌋)`` = image then its h-flip."""
         return multi_scale_inputs(images, self.scales, flip=True, scale_order="as_given")
 
+    def fuse_cam(self, cams: Sequence[Tensor], images: Tensor, labels: Tensor) -> Tensor:
+        r"""Only :math:`\hat M` from the raw per-scale CAMs ``(2B, K, h_s, w_s)`` (checked like :meth:`forward`)."""
+        check_tensor(images, "images", ndim=4, dims="(B, 3, H, W)")
+        cams = _check_list(cams, "cams", len(self.scales), "(2B, K, h, w)")
+        B, K = images.shape[0], cams[0].shape[1]
+        for i, t in enumerate(cams):
+            if t.shape[:2] != (2 * B, K):
+                raise ValueError(f"cams[{i}]: expected batch and channels {(2 * B, K)} (2B = image + flip for "
+                                 f"B={B}, K channels with K={K}), got shape {tuple(t.shape)}")
+        check_labels(labels, "labels", B, K)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        return fuse_multi_scale_cams(cams, size, labels, flip=True, flip_fuse="max", normalize="minmax", eps=self.eps)
+
     def forward(self, cams: Sequence[Tensor], cams_aux: Sequence[Tensor], segs: Sequence[Tensor], images: Tensor,
                 labels: Tensor) -> CoSATeacherOutput:
         """Fuse the raw per-scale teacher outputs (see the class docstring for the equations)."""
-        check_tensor(images, "images", ndim=4, dims="(B, 3, H, W)")
+        cam = self.fuse_cam(cams, images, labels)
         n = len(self.scales)
-        cams = _check_list(cams, "cams", n, "(2B, K, h, w)")
         cams_aux = _check_list(cams_aux, "cams_aux", n, "(2B, K, h, w)")
         segs = _check_list(segs, "segs", n, "(2B, K+1, h, w)")
-        B = images.shape[0]
-        K = cams[0].shape[1]
-        for name, lst, c in (("cams", cams, K), ("cams_aux", cams_aux, K), ("segs", segs, K + 1)):
+        B, K = cam.shape[:2]
+        for name, lst, c in (("cams_aux", cams_aux, K), ("segs", segs, K + 1)):
             for i, t in enumerate(lst):
                 if t.shape[:2] != (2 * B, c):
                     raise ValueError(f"{name}[{i}]: expected batch and channels {(2 * B, c)} (2B = image + "
                                      f"flip for B={B}, {'K+1' if name == 'segs' else 'K'} channels with "
                                      f"K={K}), got shape {tuple(t.shape)}")
-        check_labels(labels, "labels", B, K)
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        cam = fuse_multi_scale_cams(cams, size, labels, flip=True, flip_fuse="max", normalize="minmax", eps=self.eps)
         aux_list = cams_aux if self.aux_cam_all_scales else cams_aux[-1:]
         cam_aux = fuse_multi_scale_cams(aux_list, size, labels, flip=True, flip_fuse="max", normalize="minmax",
                                         eps=self.eps)
@@ -259,11 +268,4 @@ def cosa_teacher_cam(model: nn.Module, images: Tensor, labels: Tensor, *, scales
     fit = getattr(model, "fit_input", None)
     with torch.no_grad():
         cams = [cam_fn(fit(x) if fit is not None else x) for x in fuse.make_inputs(images)]
-    B, K = images.shape[0], cams[0].shape[1]
-    for i, t in enumerate(cams):
-        if t.ndim != 4 or t.shape[0] != 2 * B:
-            raise ValueError(f"model.cam: expected (2B, K, h, w) with 2B = {2 * B} for scale {fuse.scales[i]}, "
-                             f"got shape {tuple(t.shape)}")
-    check_labels(labels, "labels", B, K)
-    size = (int(images.shape[-2]), int(images.shape[-1]))
-    return fuse_multi_scale_cams(cams, size, labels, flip=True, flip_fuse="max", normalize="minmax", eps=fuse.eps)
+    return fuse.fuse_cam(cams, images, labels)
